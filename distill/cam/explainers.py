@@ -1,0 +1,79 @@
+"""Inference wrappers: ``cam(images, targets=None) -> [B, H, W]`` maps for a model and a layer.
+
+They share the functional core of :mod:`distill.cam.functional`; a subclass only names its
+channel weights. The model's train/eval mode is left as it was and no hook outlives a call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from distill.cam.capture import capture_activations, pooled_linear_classifier, resolve_layer
+from distill.cam.functional import _class_activation_map, gradcam_pp_weights, gradcam_weights
+
+__all__ = ["BaseCAM", "GradCAM", "GradCAMPlusPlus"]
+
+
+class BaseCAM:
+    """Maps of ``model`` at ``target_layer`` (default: the model's ``cam_layer``).
+
+    Args:
+        model: the network; its mode (train/eval) is not changed. Call ``model.eval()`` yourself
+            for deterministic maps of a network with batch norm or dropout.
+        target_layer: submodule name as in ``model.named_modules()``.
+    """
+
+    @staticmethod
+    def channel_weights(activations: Tensor, grads: Tensor) -> Tensor:
+        raise NotImplementedError("BaseCAM subclasses define channel_weights(activations, grads)")
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
+        target_layer = target_layer or getattr(model, "cam_layer", None)
+        if target_layer is None:
+            raise ValueError(
+                f"{type(model).__name__} has no cam_layer attribute: pass target_layer"
+            )
+        resolve_layer(model, target_layer)
+        self.model = model
+        self.target_layer = target_layer
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        """Return detached ``[B, H, W]`` maps for ``targets`` (default: the predicted class)."""
+        classifier = pooled_linear_classifier(self.model, self.target_layer)
+        # Cut the graph at the layer: only the part after it is needed for the gradient.
+        grad_mode = torch.no_grad() if classifier is not None else torch.enable_grad()
+        with capture_activations(self.model, [self.target_layer], detach=True) as acts, grad_mode:
+            scores = self.model(images)
+        maps = _class_activation_map(
+            self.channel_weights,
+            acts[self.target_layer],
+            scores,
+            targets,
+            classifier.weight if classifier is not None else None,
+            create_graph=False,
+        )
+        return maps.detach()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={type(self.model).__name__}, target_layer={self.target_layer!r})"
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al.): channel weights are the mean gradient."""
+
+    channel_weights = staticmethod(gradcam_weights)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhay et al., eq. 19): gradient-weighted alphas per position.
+
+    Example:
+        >>> import torch
+        >>> from distill.models import build_model
+        >>> model = build_model("wrn_16_1", num_classes=10).eval()
+        >>> GradCAMPlusPlus(model)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 8, 8])
+    """
+
+    channel_weights = staticmethod(gradcam_pp_weights)

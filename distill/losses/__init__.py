@@ -1,0 +1,31 @@
+"""Distillation losses: functionals, their module wrappers and the importable distiller."""
+
+from distill.losses.distiller import DistillOutput, ExplanationDistiller, LayerPair
+from distill.losses.functional import (
+    attention_map,
+    attention_transfer,
+    explanation_matching,
+    kd_loss,
+    map_cosine_similarity,
+    match_map_sizes,
+    normalize_maps,
+    top1_agreement,
+)
+from distill.losses.modules import AttentionTransferLoss, ExplanationMatchingLoss, KDLoss
+
+__all__ = [
+    "AttentionTransferLoss",
+    "DistillOutput",
+    "ExplanationDistiller",
+    "ExplanationMatchingLoss",
+    "KDLoss",
+    "LayerPair",
+    "attention_map",
+    "attention_transfer",
+    "explanation_matching",
+    "kd_loss",
+    "map_cosine_similarity",
+    "match_map_sizes",
+    "normalize_maps",
+    "top1_agreement",
+]

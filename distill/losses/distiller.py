@@ -1,0 +1,281 @@
+"""The importable distiller: CE + Hinton KD + explanation-map matching (+ attention transfer).
+
+One module holds the frozen teacher, the student and every loss weight. Called with
+``(images, labels)`` it runs one student forward and one teacher forward, captures the layers the
+losses need during those passes, and returns the total loss, its parts and the logits. The
+Lightning module and plain PyTorch loops both call this object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.cam import CAM_METHODS, capture_activations, pooled_linear_classifier, resolve_layer
+from distill.losses.modules import AttentionTransferLoss, ExplanationMatchingLoss, KDLoss
+
+__all__ = ["LayerPair", "DistillOutput", "ExplanationDistiller"]
+
+MapTarget = Literal["label", "teacher"]
+MAP_TARGETS: tuple[str, ...] = ("label", "teacher")
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """A student layer matched to a teacher layer, with the weight of that pair's loss."""
+
+    student: str
+    teacher: str
+    weight: float = 1.0
+
+
+class DistillOutput(NamedTuple):
+    """What one distillation step returns.
+
+    Attributes:
+        loss: the weighted total, with its graph (call ``.backward()`` on it).
+        parts: detached unweighted parts: ``ce`` always, ``kd``/``map``/``at`` when used.
+        logits: the student's logits (with graph).
+        teacher_logits: the teacher's logits (no graph).
+        student_maps: detached student maps, one per map layer pair (empty when not computed).
+        teacher_maps: teacher maps for the same pairs.
+    """
+
+    loss: Tensor
+    parts: dict[str, Tensor]
+    logits: Tensor
+    teacher_logits: Tensor
+    student_maps: tuple[Tensor, ...] = ()
+    teacher_maps: tuple[Tensor, ...] = ()
+
+
+def _as_pairs(
+    pairs: Iterable[LayerPair | Sequence[object]] | None, default: LayerPair
+) -> tuple[LayerPair, ...]:
+    if pairs is None:
+        return (default,)
+    result = tuple(p if isinstance(p, LayerPair) else LayerPair(*p) for p in pairs)  # type: ignore[arg-type]
+    if not result:
+        raise ValueError("layer pairs must not be empty; leave them as None for the default")
+    return result
+
+
+class ExplanationDistiller(nn.Module):
+    """Teacher -> student distillation with Grad-CAM(++) map matching.
+
+    ``loss = ce_weight * CE(s, y) + kd_weight * KD(s, t) + map_weight * sum_pairs w * D(M_s, M_t)
+    + at_weight * sum_pairs AT(F_s, F_t)``, where ``M`` are Grad-CAM++ (or Grad-CAM) maps for the
+    ground-truth class (or the teacher's prediction) and ``D`` is the squared L2 distance of the
+    paper by default (eq. 27-28, alpha = 0.01).
+
+    The teacher is frozen (no parameter requires grad) and stays in eval mode even when
+    ``.train()`` is called on the distiller. Teacher maps build no parameter graph. Student maps
+    are differentiable with respect to the student's parameters whenever grad is enabled. At a
+    layer that feeds global-average-pooling + linear (every built model's ``cam_layer``) both
+    maps use the closed form with no backward pass.
+
+    Args:
+        teacher: trained teacher network.
+        student: network being trained.
+        ce_weight: weight of cross-entropy with the labels.
+        kd_weight: weight of Hinton KD (0 disables it).
+        temperature: KD temperature.
+        map_weight: weight of the map-matching loss (0 disables it during training).
+        map_method: ``gradcam_pp`` or ``gradcam``.
+        map_layers: ``(student_layer, teacher_layer, weight)`` pairs; default: the two models'
+            ``cam_layer`` with weight 1.
+        map_target: class the maps explain: ``label`` (ground truth, the paper) or ``teacher``
+            (the teacher's prediction).
+        map_normalize: per-sample map normalisation before the distance: none, l2, minmax.
+        map_distance: squared_l2 (paper), mse, l1 or cosine.
+        at_weight: weight of attention transfer (0 disables it).
+        at_layers: ``(student_layer, teacher_layer)`` pairs for attention transfer; default: the
+            ``cam_layer`` pair.
+        at_p: exponent of the attention map.
+        at_form: ``code`` (reference implementation) or ``paper``.
+
+    Example:
+        >>> import torch
+        >>> from distill import ExplanationDistiller, build_model
+        >>> distiller = ExplanationDistiller(build_model("wrn_16_1", 10), build_model("wrn_16_1", 10))
+        >>> out = distiller(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+        >>> sorted(out.parts)
+        ['ce', 'kd', 'map']
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        *,
+        ce_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        temperature: float = 4.0,
+        map_weight: float = 0.01,
+        map_method: str = "gradcam_pp",
+        map_layers: Iterable[LayerPair | Sequence[object]] | None = None,
+        map_target: MapTarget = "label",
+        map_normalize: str = "none",
+        map_distance: str = "squared_l2",
+        at_weight: float = 0.0,
+        at_layers: Iterable[LayerPair | Sequence[object]] | None = None,
+        at_p: float = 2.0,
+        at_form: str = "code",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("ce_weight", ce_weight),
+            ("kd_weight", kd_weight),
+            ("map_weight", map_weight),
+            ("at_weight", at_weight),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if map_method not in CAM_METHODS:
+            raise ValueError(f"map_method must be one of {tuple(CAM_METHODS)}, got {map_method!r}")
+        if map_target not in MAP_TARGETS:
+            raise ValueError(f"map_target must be one of {MAP_TARGETS}, got {map_target!r}")
+        self.teacher = teacher
+        self.student = student
+        self.ce_weight = float(ce_weight)
+        self.kd_weight = float(kd_weight)
+        self.map_weight = float(map_weight)
+        self.at_weight = float(at_weight)
+        self.map_method = map_method
+        self.map_target = map_target
+        self.kd = KDLoss(temperature)
+        self.map_loss = ExplanationMatchingLoss(map_normalize, map_distance)  # type: ignore[arg-type]
+        self.at_loss = AttentionTransferLoss(at_p, at_form)  # type: ignore[arg-type]
+        default_pair = LayerPair(self._cam_layer(student, "student"), self._cam_layer(teacher, "teacher"))
+        self.map_layers = _as_pairs(map_layers, default_pair)
+        self.at_layers = _as_pairs(at_layers, default_pair)
+        for pair in self.map_layers + self.at_layers:
+            resolve_layer(student, pair.student)
+            resolve_layer(teacher, pair.teacher)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    @staticmethod
+    def _cam_layer(model: nn.Module, role: str) -> str:
+        layer = getattr(model, "cam_layer", None)
+        if not isinstance(layer, str):
+            raise ValueError(
+                f"the {role} ({type(model).__name__}) has no cam_layer attribute: "
+                "pass map_layers explicitly or build it with distill.models.build_model"
+            )
+        return layer
+
+    def train(self, mode: bool = True) -> ExplanationDistiller:
+        """Set the student's mode; the teacher always stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _teacher_needs_autograd(self, with_maps: bool) -> bool:
+        return with_maps and any(
+            pooled_linear_classifier(self.teacher, pair.teacher) is None
+            for pair in self.map_layers
+        )
+
+    def _maps(
+        self,
+        model: nn.Module,
+        layer: str,
+        activations: Tensor,
+        scores: Tensor,
+        targets: Tensor,
+        create_graph: bool,
+    ) -> Tensor:
+        classifier = pooled_linear_classifier(model, layer)
+        return CAM_METHODS[self.map_method](
+            activations,
+            scores,
+            targets,
+            create_graph=create_graph,
+            classifier_weight=classifier.weight if classifier is not None else None,
+        )
+
+    def forward(self, images: Tensor, labels: Tensor, *, return_maps: bool = False) -> DistillOutput:
+        """One distillation step's losses.
+
+        Args:
+            images: ``[B, 3, H, W]`` input batch.
+            labels: ``[B]`` ground-truth class ids.
+            return_maps: compute the maps even when ``map_weight`` is 0 (for monitoring).
+        """
+        with_maps = self.map_weight > 0 or return_maps
+        with_at = self.at_weight > 0
+        student_layers = [p.student for p in self.map_layers if with_maps]
+        student_layers += [p.student for p in self.at_layers if with_at]
+        teacher_layers = [p.teacher for p in self.map_layers if with_maps]
+        teacher_layers += [p.teacher for p in self.at_layers if with_at]
+
+        with capture_activations(self.student, student_layers) as student_acts:
+            logits = self.student(images)
+        teacher_autograd = self._teacher_needs_autograd(with_maps)
+        teacher_grad = torch.enable_grad() if teacher_autograd else torch.no_grad()
+        with (
+            capture_activations(self.teacher, teacher_layers, detach=teacher_autograd) as teacher_acts,
+            teacher_grad,
+        ):
+            teacher_scores = self.teacher(images)
+        teacher_logits = teacher_scores.detach()
+        if teacher_logits.shape != logits.shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                f"{tuple(logits.shape)} differ: the two models must predict the same classes"
+            )
+
+        ce = F.cross_entropy(logits, labels)
+        loss = self.ce_weight * ce
+        parts = {"ce": ce.detach()}
+        if self.kd_weight > 0:
+            kd = self.kd(logits, teacher_logits)
+            loss = loss + self.kd_weight * kd
+            parts["kd"] = kd.detach()
+
+        student_maps: list[Tensor] = []
+        teacher_maps: list[Tensor] = []
+        if with_maps:
+            targets = labels if self.map_target == "label" else teacher_logits.argmax(dim=1)
+            create_graph = torch.is_grad_enabled() and self.map_weight > 0
+            map_loss = logits.new_zeros((), dtype=torch.float32)
+            for pair in self.map_layers:
+                s_map = self._maps(
+                    self.student, pair.student, student_acts[pair.student], logits, targets, create_graph
+                )
+                with torch.no_grad() if not teacher_autograd else nullcontext():
+                    t_map = self._maps(
+                        self.teacher, pair.teacher, teacher_acts[pair.teacher], teacher_scores, targets, False
+                    ).detach()
+                map_loss = map_loss + pair.weight * self.map_loss(s_map, t_map)
+                student_maps.append(s_map.detach())
+                teacher_maps.append(t_map)
+            if self.map_weight > 0:
+                loss = loss + self.map_weight * map_loss
+            parts["map"] = map_loss.detach()
+
+        if with_at:
+            at_loss = sum(
+                self.at_loss(student_acts[p.student], teacher_acts[p.teacher].detach())
+                for p in self.at_layers
+            )
+            loss = loss + self.at_weight * at_loss
+            parts["at"] = at_loss.detach()  # type: ignore[union-attr]
+
+        return DistillOutput(
+            loss, parts, logits, teacher_logits, tuple(student_maps), tuple(teacher_maps)
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, map_weight={self.map_weight}, "
+            f"map_method={self.map_method!r}, map_target={self.map_target!r}, "
+            f"map_layers={list(self.map_layers)}, at_weight={self.at_weight}"
+        )
