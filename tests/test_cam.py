@@ -50,7 +50,9 @@ class FlatHeadNet(nn.Module):
         self.act1 = act()
         self.conv2 = nn.Conv2d(4, 5, 3, stride=2, padding=1)
         self.feat = act()
-        self.head = nn.Sequential(nn.Conv2d(5, 3, 1), act(), nn.Flatten(), nn.Linear(3 * 4 * 4, classes))
+        self.head = nn.Sequential(
+            nn.Conv2d(5, 3, 1), act(), nn.Flatten(), nn.Linear(3 * 4 * 4, classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.feat(self.conv2(self.act1(self.conv1(x)))))
@@ -106,13 +108,19 @@ def test_closed_form_equals_autograd_path(fn):
     assert classifier is model.fc
     with capture_activations(model, ["act"]) as acts:
         logits = model(images)
-    closed = fn(acts["act"], logits, targets, create_graph=True, classifier_weight=classifier.weight)
+    closed = fn(
+        acts["act"], logits, targets, create_graph=True, classifier_weight=classifier.weight
+    )
     autograd = fn(acts["act"], logits, targets, create_graph=True)
     torch.testing.assert_close(closed, autograd, rtol=1e-5, atol=1e-7)
     # ... and so are their gradients with respect to every parameter.
     params = list(model.parameters())
-    g_closed = torch.autograd.grad(closed.pow(2).sum(), params, retain_graph=True, materialize_grads=True)
-    g_autograd = torch.autograd.grad(autograd.pow(2).sum(), params, retain_graph=True, materialize_grads=True)
+    g_closed = torch.autograd.grad(
+        closed.pow(2).sum(), params, retain_graph=True, materialize_grads=True
+    )
+    g_autograd = torch.autograd.grad(
+        autograd.pow(2).sum(), params, retain_graph=True, materialize_grads=True
+    )
     for a, b in zip(g_closed, g_autograd, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
@@ -239,9 +247,14 @@ def test_half_precision_activations_use_float32_weights(dtype):
     acts32 = torch.rand(2, 8, 4, 4) * 300  # sum(A) * g overflows float16 arithmetic without upcast
     weight = torch.randn(3, 8) * 30
     acts = acts32.to(dtype)
-    maps = gradcam_pp(acts, acts.float().mean((2, 3)) @ weight.T, torch.tensor([0, 1]), classifier_weight=weight)
+    maps = gradcam_pp(
+        acts, acts.float().mean((2, 3)) @ weight.T, torch.tensor([0, 1]), classifier_weight=weight
+    )
     reference = gradcam_pp(
-        acts.float(), acts.float().mean((2, 3)) @ weight.T, torch.tensor([0, 1]), classifier_weight=weight
+        acts.float(),
+        acts.float().mean((2, 3)) @ weight.T,
+        torch.tensor([0, 1]),
+        classifier_weight=weight,
     )
     assert maps.dtype == torch.float32
     torch.testing.assert_close(maps, reference)
@@ -249,7 +262,8 @@ def test_half_precision_activations_use_float32_weights(dtype):
 
 def _hook_count(model: nn.Module) -> int:
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
     )
 
 
@@ -277,12 +291,10 @@ def test_wrappers_match_functional_and_leave_model_alone(cls, fn, net_cls, layer
 
 def test_capture_unknown_layer_suggests_names_and_hooks_are_removed_on_error():
     model = PooledNet()
-    with pytest.raises(ValueError, match="'conv2'"):
-        with capture_activations(model, ["conv_2"]):
-            pass
-    with pytest.raises(RuntimeError, match="boom"):
-        with capture_activations(model, ["act", "conv1"]):
-            raise RuntimeError("boom")
+    with pytest.raises(ValueError, match="'conv2'"), capture_activations(model, ["conv_2"]):
+        pass
+    with pytest.raises(RuntimeError, match="boom"), capture_activations(model, ["act", "conv1"]):
+        raise RuntimeError("boom")
     assert _hook_count(model) == 0
 
 

@@ -29,6 +29,7 @@ __all__ = [
 
 ChannelWeights = Callable[[Tensor, Tensor], Tensor]
 
+
 def _upcast(tensor: Tensor) -> Tensor:
     """At least float32: half-precision activations would overflow in ``(sum A) * g``."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))

@@ -152,7 +152,9 @@ class ExplanationDistiller(nn.Module):
         self.kd = KDLoss(temperature)
         self.map_loss = ExplanationMatchingLoss(map_normalize, map_distance)  # type: ignore[arg-type]
         self.at_loss = AttentionTransferLoss(at_p, at_form)  # type: ignore[arg-type]
-        default_pair = LayerPair(self._cam_layer(student, "student"), self._cam_layer(teacher, "teacher"))
+        default_pair = LayerPair(
+            self._cam_layer(student, "student"), self._cam_layer(teacher, "teacher")
+        )
         self.map_layers = _as_pairs(map_layers, default_pair)
         self.at_layers = _as_pairs(at_layers, default_pair)
         for pair in self.map_layers + self.at_layers:
@@ -179,8 +181,7 @@ class ExplanationDistiller(nn.Module):
 
     def _teacher_needs_autograd(self, with_maps: bool) -> bool:
         return with_maps and any(
-            pooled_linear_classifier(self.teacher, pair.teacher) is None
-            for pair in self.map_layers
+            pooled_linear_classifier(self.teacher, pair.teacher) is None for pair in self.map_layers
         )
 
     def _maps(
@@ -201,7 +202,9 @@ class ExplanationDistiller(nn.Module):
             classifier_weight=classifier.weight if classifier is not None else None,
         )
 
-    def forward(self, images: Tensor, labels: Tensor, *, return_maps: bool = False) -> DistillOutput:
+    def forward(
+        self, images: Tensor, labels: Tensor, *, return_maps: bool = False
+    ) -> DistillOutput:
         """One distillation step's losses.
 
         Args:
@@ -221,7 +224,9 @@ class ExplanationDistiller(nn.Module):
         teacher_autograd = self._teacher_needs_autograd(with_maps)
         teacher_grad = torch.enable_grad() if teacher_autograd else torch.no_grad()
         with (
-            capture_activations(self.teacher, teacher_layers, detach=teacher_autograd) as teacher_acts,
+            capture_activations(
+                self.teacher, teacher_layers, detach=teacher_autograd
+            ) as teacher_acts,
             teacher_grad,
         ):
             teacher_scores = self.teacher(images)
@@ -248,11 +253,21 @@ class ExplanationDistiller(nn.Module):
             map_loss = logits.new_zeros((), dtype=torch.float32)
             for pair in self.map_layers:
                 s_map = self._maps(
-                    self.student, pair.student, student_acts[pair.student], logits, targets, create_graph
+                    self.student,
+                    pair.student,
+                    student_acts[pair.student],
+                    logits,
+                    targets,
+                    create_graph,
                 )
                 with torch.no_grad() if not teacher_autograd else nullcontext():
                     t_map = self._maps(
-                        self.teacher, pair.teacher, teacher_acts[pair.teacher], teacher_scores, targets, False
+                        self.teacher,
+                        pair.teacher,
+                        teacher_acts[pair.teacher],
+                        teacher_scores,
+                        targets,
+                        False,
                     ).detach()
                 map_loss = map_loss + pair.weight * self.map_loss(s_map, t_map)
                 student_maps.append(s_map.detach())

@@ -160,4 +160,3 @@ def map_cosine_similarity(student_maps: Tensor, teacher_maps: Tensor) -> Tensor:
     return F.cosine_similarity(
         student_maps.flatten(1).float(), teacher_maps.flatten(1).float(), dim=1, eps=1e-8
     )
-

@@ -1,0 +1,42 @@
+"""Explanation-matching knowledge distillation.
+
+A student learns from a teacher through labels, soft logits (Hinton KD) and the teacher's
+Grad-CAM++ explanation maps, computed by a batched, differentiable layer.
+"""
+
+from distill import cam
+from distill.cam import GradCAM, GradCAMPlusPlus, capture_activations, gradcam, gradcam_pp
+from distill.losses import (
+    AttentionTransferLoss,
+    DistillOutput,
+    ExplanationDistiller,
+    ExplanationMatchingLoss,
+    KDLoss,
+    LayerPair,
+    attention_transfer,
+    explanation_matching,
+    kd_loss,
+)
+from distill.models import build_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionTransferLoss",
+    "DistillOutput",
+    "ExplanationDistiller",
+    "ExplanationMatchingLoss",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "KDLoss",
+    "LayerPair",
+    "attention_transfer",
+    "build_model",
+    "cam",
+    "capture_activations",
+    "explanation_matching",
+    "gradcam",
+    "gradcam_pp",
+    "kd_loss",
+    "list_models",
+]
