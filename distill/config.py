@@ -1,0 +1,312 @@
+"""Run configuration: a dataclass schema, YAML recipes on top of it, dot-list overrides.
+
+``load_config("cifar_wrn", ["data.batch_size=64"])`` merges, in order: the schema's defaults,
+the recipe's ``base`` file (if it names one), the recipe, the overrides. Any unknown key, wrong
+type or invalid value raises :class:`ConfigError` with a one-line message naming the key and the
+valid choices, before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainerConfig",
+    "LoggingConfig",
+    "RunConfig",
+    "CONFIG_DIR",
+    "find_config",
+    "load_config",
+    "list_configs",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "stage": ("all", "teacher", "student"),
+    "data.name": ("shapes", "cifar10", "cifar100", "imagefolder"),
+    "loss.map_method": ("gradcam_pp", "gradcam"),
+    "loss.map_target": ("label", "teacher"),
+    "loss.map_normalize": ("none", "l2", "minmax"),
+    "loss.map_distance": ("squared_l2", "mse", "l1", "cosine"),
+    "loss.at_form": ("code", "paper"),
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("multistep", "cosine", "constant"),
+    "logging.wandb": ("auto", "online", "offline", "disabled"),
+}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message is one line that names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Dataset and loader settings."""
+
+    name: str = "shapes"
+    root: str | None = None  # dataset folder; None: a cache directory (downloads go there)
+    download: bool = True
+    train_dir: str = "train"  # imagefolder splits
+    val_dir: str = "test"
+    batch_size: int = 128  # global batch, split across devices
+    num_workers: int = 2
+    in_memory: bool = True  # uint8 tensor in memory, batched augmentation on the device
+    augment: bool = True
+    num_train: int = 4000  # shapes only
+    num_val: int = 1000  # shapes only
+
+
+@dataclass
+class ModelConfig:
+    """A network built by ``distill.models.build_model``."""
+
+    name: str = "wrn_16_1"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # teacher only: trained weights; unset or absent: train first
+    epochs: int = 30
+
+
+@dataclass
+class LayerPairConfig:
+    student: str = "???"
+    teacher: str = "???"
+    weight: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    """Weights of the distillation losses (see ``distill.ExplanationDistiller``)."""
+
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 4.0
+    map_weight: float = 0.01
+    map_method: str = "gradcam_pp"
+    map_target: str = "label"
+    map_normalize: str = "none"
+    map_distance: str = "squared_l2"
+    map_layers: list[LayerPairConfig] | None = None  # None: the models' cam_layer pair
+    at_weight: float = 0.0
+    at_layers: list[LayerPairConfig] | None = None
+    at_p: float = 2.0
+    at_form: str = "code"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule, shared by the teacher and student stages."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.8])  # fractions of epochs
+    gamma: float = 0.2
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to ``lightning.Trainer``."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 20
+    check_val_every_n_epoch: int = 1
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    gradient_clip_val: float | None = None
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics and maps go."""
+
+    wandb: str = "auto"  # auto: online when logged in, else offline
+    project: str = "distill"
+    map_images: int = 8  # validation images whose maps are logged
+    map_every_n_epochs: int = 5
+
+
+@dataclass
+class RunConfig:
+    """A whole run: data, teacher, student, losses, optimisation, trainer, logging."""
+
+    name: str = "run"
+    seed: int = 0
+    stage: str = "all"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="wrn_16_2"))
+    student: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def list_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Names of the recipes in ``configs/``."""
+    return sorted(p.stem for p in config_dir.glob("*.yaml"))
+
+
+def find_config(name_or_path: str, config_dir: Path = CONFIG_DIR) -> Path:
+    """Resolve a recipe name (``cifar_wrn``) or a YAML path to an existing file."""
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith((".yaml", ".yml")):
+        candidates += [
+            config_dir / f"{name_or_path}.yaml",
+            Path("configs") / f"{name_or_path}.yaml",
+        ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    names = list_configs(config_dir)
+    close = difflib.get_close_matches(Path(name_or_path).stem, names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"config {name_or_path!r} not found (looked in {config_dir}){hint} "
+        f"available: {', '.join(names)}"
+    )
+
+
+def _schema_keys(node: Any) -> list[str]:
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def _key_error(error: OmegaConfBaseException, schema: Any, source: str) -> ConfigError:
+    """Turn an omegaconf error into one line naming the full key and the valid ones."""
+    key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
+    parent_path, _, leaf = str(key).rpartition(".")
+    node = schema
+    for part in filter(None, parent_path.split(".")):
+        node = getattr(node, part, None)
+    valid = _schema_keys(node)
+    if isinstance(error, ConfigKeyError) and valid:
+        close = difflib.get_close_matches(leaf, valid, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return ConfigError(
+            f"{source}: unknown key {key!r}{hint}; valid keys"
+            f"{' under ' + parent_path if parent_path else ''}: {', '.join(valid)}"
+        )
+    message = str(error).splitlines()[0]
+    return ConfigError(f"{source}: invalid value for {key!r}: {message}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(base, other)
+    except OmegaConfBaseException as error:
+        raise _key_error(error, RunConfig(), source) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as error:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{key}={value!r} is not valid{hint}; choose one of {', '.join(choices)}"
+            )
+    for key in (
+        "loss.ce_weight",
+        "loss.kd_weight",
+        "loss.map_weight",
+        "loss.at_weight",
+        "optim.lr",
+    ):
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
+    for key in ("loss.temperature", "data.batch_size", "teacher.epochs", "student.epochs"):
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be > 0")
+    milestones = list(cfg.optim.milestones)
+    if any(not 0 < m < 1 for m in milestones) or milestones != sorted(milestones):
+        raise ConfigError(
+            f"optim.milestones={milestones} must be increasing fractions of the epochs in (0, 1)"
+        )
+    if cfg.data.name == "imagefolder" and not cfg.data.root:
+        raise ConfigError("data.root must name the folder when data.name=imagefolder")
+
+
+def load_config(name_or_path: str = "quickstart", overrides: list[str] | None = None) -> DictConfig:
+    """Compose a run config: schema defaults < base recipe < recipe < dot-list overrides.
+
+    Args:
+        name_or_path: a recipe in ``configs/`` (``cifar_wrn``) or a path to a YAML file.
+        overrides: omegaconf dot-list entries such as ``["loss.map_weight=0", "data.root=/x"]``.
+
+    Returns:
+        A read-only, validated ``DictConfig`` with the :class:`RunConfig` structure.
+
+    Raises:
+        ConfigError: a missing file, an unknown key, a wrong type or an invalid value.
+
+    Example:
+        >>> cfg = load_config("quickstart", ["loss.map_weight=0"])
+        >>> cfg.loss.map_weight
+        0.0
+    """
+    path = find_config(name_or_path)
+    recipe = _read_yaml(path)
+    cfg = OmegaConf.structured(RunConfig)
+    chain = []
+    base_name = recipe.pop("base", None)
+    while base_name is not None:
+        base_path = find_config(str(base_name), path.parent)
+        base = _read_yaml(base_path)
+        chain.append((base, str(base_path)))
+        base_name = base.pop("base", None)
+    for base, source in reversed(chain):
+        cfg = _merge(cfg, base, source)
+    cfg = _merge(cfg, recipe, str(path))
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(
+                    f"override {item!r} must look like key=value (e.g. data.batch_size=64)"
+                )
+        try:
+            dotlist = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"overrides: {str(error).splitlines()[0]}") from None
+        cfg = _merge(cfg, dotlist, "override")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+    _validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
