@@ -63,6 +63,7 @@ class DataConfig:
     batch_size: int = 128  # global batch, split across devices
     num_workers: int = 2
     in_memory: bool = True  # uint8 tensor in memory, batched augmentation on the device
+    cache_dir: str | None = None  # imagefolder: keep the decoded uint8 tensor here (.pt)
     augment: bool = True
     num_train: int = 4000  # shapes only
     num_val: int = 1000  # shapes only

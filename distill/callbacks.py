@@ -1,0 +1,83 @@
+"""Callbacks: explanation maps of fixed validation images, and stopping on non-finite losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+from torchvision.utils import save_image
+
+from distill.cam import GradCAMPlusPlus
+from distill.visualize import map_grid
+
+__all__ = ["MapImageCallback"]
+
+
+class MapImageCallback(Callback):
+    """Every ``every_n_epochs`` validation epochs (and after the last), draw the Grad-CAM++ maps
+    of each model the module explains (teacher and student side by side) for a fixed set of
+    validation images, save them as ``maps_epoch<NNN>.png`` in ``out_dir`` and send them to
+    wandb when a :class:`WandbLogger` is attached. Maps explain the ground-truth class.
+
+    Args:
+        images: ``[N, 3, H, W]`` normalised validation images (the same ones every time).
+        labels: ``[N]`` their labels.
+        out_dir: folder for the PNG files.
+        mean, std: the normalisation to undo for display.
+        every_n_epochs: drawing period.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        out_dir: str | Path,
+        mean: Sequence[float],
+        std: Sequence[float],
+        every_n_epochs: int = 5,
+    ) -> None:
+        super().__init__()
+        self.images = images
+        self.labels = labels
+        self.out_dir = Path(out_dir)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.every_n_epochs = max(1, every_n_epochs)
+        self.saved: list[Path] = []
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last
+
+    @torch.no_grad()
+    def draw(self, pl_module: L.LightningModule) -> Tensor:
+        """The ``[3, H', W']`` grid for the module's current weights."""
+        images = self.images.to(pl_module.device)
+        labels = self.labels.to(pl_module.device)
+        maps = {}
+        for name, model in pl_module.explained_models().items():
+            was_training = model.training
+            model.eval()
+            maps[name] = GradCAMPlusPlus(model)(images, labels)
+            model.train(was_training)
+        return map_grid(images, maps, self.mean, self.std)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
+            return
+        grid = self.draw(pl_module)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"maps_epoch{trainer.current_epoch + 1:03d}.png"
+        save_image(grid, path)
+        self.saved.append(path)
+        columns = " | ".join(["image", *pl_module.explained_models()])
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(
+                    key="val/maps", images=[grid], caption=[columns], step=trainer.global_step
+                )

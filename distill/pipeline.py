@@ -1,0 +1,384 @@
+"""The two-stage recipe behind ``train.py``: train (or load) a teacher, then distil a student.
+
+``train(cfg)`` is importable and returns ``(summary, objects)``; ``train.py`` only parses the
+command line. Every run gets its own directory under ``cfg.output_dir``::
+
+    runs/<name>/<YYYYmmdd-HHMMSS>-<random>/
+        config.yaml          resolved config
+        meta.json            code version, command, start time
+        teacher/             best.ckpt, last.ckpt, metrics.csv, maps_epochNNN.png
+        student/             the same for the student
+        summary.json         final accuracies, agreement, map similarity, wall time
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from distill.callbacks import MapImageCallback
+from distill.data import build_datamodule
+from distill.lightning_modules import (
+    CheckpointError,
+    ClassifierModule,
+    DistillModule,
+    load_classifier,
+)
+from distill.loggers import build_loggers
+from distill.losses import ExplanationDistiller, LayerPair
+from distill.models import build_model
+
+__all__ = ["train", "make_run_dir", "RUN_DIR_ENV", "RunResult"]
+
+# The frozen teacher is in eval mode on purpose during student training.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Run directories are never reused except by --resume, which first renames the old metrics.csv.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+RUN_DIR_ENV = "DISTILL_RUN_DIR"
+"""Set by rank 0 so that processes started by a DDP launcher write into the same run."""
+
+
+@dataclass
+class RunResult:
+    """What ``train`` built, for callers that want more than the summary."""
+
+    run_dir: Path
+    teacher: torch.nn.Module | None = None
+    student: torch.nn.Module | None = None
+    trainers: dict[str, L.Trainer] = field(default_factory=dict)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        cwd=Path(__file__).resolve().parent,
+    ).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """Create a fresh run directory; two runs started at once never get the same one."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:
+        return Path(inherited)
+    parent = Path(cfg.output_dir) / cfg.name
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_dir = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+        return run_dir
+
+
+def _write_run_files(cfg: DictConfig, run_dir: Path) -> None:
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    meta = {
+        "git_commit": _git_commit(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _datamodule(cfg: DictConfig, run_dir: Path) -> L.LightningDataModule:
+    data = cfg.data
+    return build_datamodule(
+        data.name,
+        root=data.root,
+        download=data.download,
+        train_dir=data.train_dir,
+        val_dir=data.val_dir,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        in_memory=data.in_memory,
+        augment=data.augment,
+        num_train=data.num_train,
+        num_val=data.num_val,
+        cache_dir=data.cache_dir,
+        seed=cfg.seed,
+    )
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks: list) -> L.Trainer:
+    loggers, mode = build_loggers(cfg.logging.wandb, run_dir, stage, cfg.logging.project, cfg.name)
+    if mode == "offline":
+        print(f"wandb is offline: upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / stage,
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    t = cfg.trainer
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        gradient_clip_val=t.gradient_clip_val,
+        logger=loggers,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *callbacks],
+        default_root_dir=str(run_dir),
+        # Map similarity and map callbacks may need autograd inside validation.
+        inference_mode=False,
+    )
+
+
+def _map_callback(cfg: DictConfig, dm: Any, run_dir: Path, stage: str) -> MapImageCallback:
+    images, labels = dm.fixed_val_batch(cfg.logging.map_images)
+    return MapImageCallback(
+        images,
+        labels,
+        run_dir / stage,
+        mean=dm.mean,
+        std=dm.std,
+        every_n_epochs=cfg.logging.map_every_n_epochs,
+    )
+
+
+def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The last validation epoch's metrics (read before ``test`` replaces them)."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+def _keep_previous_logs(run_dir: Path, stage: str) -> None:
+    """A resumed stage starts a new metrics.csv; keep the interrupted attempt's beside it."""
+    metrics = run_dir / stage / "metrics.csv"
+    if metrics.is_file():
+        attempt = 1
+        while (run_dir / stage / f"metrics.attempt{attempt}.csv").exists():
+            attempt += 1
+        metrics.rename(run_dir / stage / f"metrics.attempt{attempt}.csv")
+
+
+def _last_checkpoint(run_dir: Path, stage: str, resume: bool) -> str | None:
+    path = run_dir / stage / "last.ckpt"
+    if not (resume and path.is_file()):
+        return None
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        _keep_previous_logs(run_dir, stage)
+    return str(path)
+
+
+def _train_teacher(
+    cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool
+) -> dict:
+    model = build_model(cfg.teacher.name, num_classes=dm.num_classes, **cfg.teacher.kwargs)
+    module = ClassifierModule(
+        model,
+        model_name=cfg.teacher.name,
+        num_classes=dm.num_classes,
+        optim=OmegaConf.to_container(cfg.optim),
+        epochs=cfg.teacher.epochs,
+        model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
+    )
+    callbacks = [_map_callback(cfg, dm, run_dir, "teacher")]
+    ckpt_path = _last_checkpoint(run_dir, "teacher", resume)
+    trainer = _trainer(cfg, run_dir, "teacher", cfg.teacher.epochs, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    last_val = _val_metrics(trainer)
+    best = trainer.checkpoint_callback.best_model_path
+    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    result.trainers["teacher"] = trainer
+    result.teacher = model
+    metrics = {
+        "val_acc_best": last_val.get("val/acc_best", float("nan")),
+        "val_acc": last_val.get("val/acc", float("nan")),
+        "test_acc": tested[0]["test/acc"],
+        "test_acc5": tested[0]["test/acc5"],
+        "checkpoint": str(best),
+        "epochs": trainer.current_epoch,
+    }
+    target = cfg.teacher.checkpoint
+    if target and trainer.is_global_zero and not Path(target).exists():
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, target)
+        metrics["saved_to"] = str(target)
+    return metrics
+
+
+def _teacher_checkpoint(cfg: DictConfig, run_dir: Path) -> Path:
+    trained = run_dir / "teacher" / "best.ckpt"
+    if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():
+        return Path(cfg.teacher.checkpoint)
+    if trained.is_file():
+        return trained
+    raise CheckpointError(
+        f"teacher checkpoint {cfg.teacher.checkpoint or trained} does not exist: "
+        "train one with stage=all or stage=teacher, or set teacher.checkpoint=PATH"
+    )
+
+
+def _distiller(
+    cfg: DictConfig, teacher: torch.nn.Module, student: torch.nn.Module
+) -> ExplanationDistiller:
+    loss = cfg.loss
+
+    def pairs(items: Any) -> list[LayerPair] | None:
+        if items is None:
+            return None
+        return [LayerPair(p.student, p.teacher, p.weight) for p in items]
+
+    return ExplanationDistiller(
+        teacher,
+        student,
+        ce_weight=loss.ce_weight,
+        kd_weight=loss.kd_weight,
+        temperature=loss.temperature,
+        map_weight=loss.map_weight,
+        map_method=loss.map_method,
+        map_layers=pairs(loss.map_layers),
+        map_target=loss.map_target,
+        map_normalize=loss.map_normalize,
+        map_distance=loss.map_distance,
+        at_weight=loss.at_weight,
+        at_layers=pairs(loss.at_layers),
+        at_p=loss.at_p,
+        at_form=loss.at_form,
+    )
+
+
+def _train_student(
+    cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool
+) -> dict:
+    teacher_path = _teacher_checkpoint(cfg, run_dir)
+    teacher = load_classifier(
+        teacher_path, expected_name=cfg.teacher.name, expected_classes=dm.num_classes
+    )
+    student = build_model(cfg.student.name, num_classes=dm.num_classes, **cfg.student.kwargs)
+    module = DistillModule(
+        _distiller(cfg, teacher, student),
+        num_classes=dm.num_classes,
+        optim=OmegaConf.to_container(cfg.optim),
+        epochs=cfg.student.epochs,
+        student_name=cfg.student.name,
+        teacher_name=cfg.teacher.name,
+        model_kwargs=OmegaConf.to_container(cfg.student.kwargs),
+    )
+    callbacks = [_map_callback(cfg, dm, run_dir, "student")]
+    ckpt_path = _last_checkpoint(run_dir, "student", resume)
+    trainer = _trainer(cfg, run_dir, "student", cfg.student.epochs, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    last_val = _val_metrics(trainer)
+    best = trainer.checkpoint_callback.best_model_path
+    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    result.trainers["student"] = trainer
+    result.teacher, result.student = teacher, student
+    return {
+        "val_acc_best": last_val.get("val/acc_best", float("nan")),
+        "val_acc": last_val.get("val/acc", float("nan")),
+        "val_agreement": last_val.get("val/agreement", float("nan")),
+        "val_map_similarity": last_val.get("val/map_similarity", float("nan")),
+        "val_teacher_acc": last_val.get("val/teacher_acc", float("nan")),
+        "test_acc": tested[0]["test/acc"],
+        "test_acc5": tested[0]["test/acc5"],
+        "checkpoint": str(best),
+        "teacher_checkpoint": str(teacher_path),
+        "epochs": trainer.current_epoch,
+    }
+
+
+def _print_summary(summary: dict) -> None:
+    rows = []
+    for stage in ("teacher", "student"):
+        for key, value in summary.get(stage, {}).items():
+            if isinstance(value, float):
+                rows.append((f"{stage}.{key}", f"{value:.4f}"))
+    width = max((len(k) for k, _ in rows), default=10)
+    print("\n" + "-" * (width + 12))
+    print(f"{'metric'.ljust(width)}  value")
+    print("-" * (width + 12))
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+    print("-" * (width + 12))
+    print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']:.0f} s)")
+
+
+def train(cfg: DictConfig, *, resume_dir: str | Path | None = None) -> tuple[dict, RunResult]:
+    """Run the stages ``cfg.stage`` asks for and write the run directory.
+
+    Args:
+        cfg: a config from :func:`distill.config.load_config`.
+        resume_dir: an earlier run directory to continue from its ``last.ckpt`` files.
+
+    Returns:
+        ``(summary, result)``: the dict written to ``summary.json`` and the built objects.
+    """
+    start = time.time()
+    resume = resume_dir is not None
+    if resume:
+        run_dir = Path(resume_dir)
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    else:
+        run_dir = make_run_dir(cfg)
+    is_rank_zero = (
+        int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    )
+    if is_rank_zero and not resume:
+        _write_run_files(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = _datamodule(cfg, run_dir)
+    result = RunResult(run_dir=run_dir)
+    summary_path = run_dir / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update({"name": cfg.name, "run_dir": str(run_dir)})
+
+    teacher_present = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).is_file()
+    wants_teacher = cfg.stage == "teacher" or (cfg.stage == "all" and not teacher_present)
+    if wants_teacher and not summary.get("teacher", {}).get("done"):
+        summary["teacher"] = _train_teacher(cfg, dm, run_dir, result, resume) | {"done": True}
+        if is_rank_zero:
+            summary_path.write_text(json.dumps(summary, indent=2))
+    if cfg.stage in ("student", "all"):
+        L.seed_everything(cfg.seed, workers=True)
+        summary["student"] = _train_student(cfg, dm, run_dir, result, resume) | {"done": True}
+    summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + time.time() - start
+    if is_rank_zero:
+        summary_path.write_text(json.dumps(summary, indent=2))
+        _print_summary(summary)
+    return summary, result

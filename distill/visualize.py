@@ -1,0 +1,53 @@
+"""Render explanation maps over images, in torch (no matplotlib or cv2 needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from distill.cam import minmax_normalize, resize_maps
+
+__all__ = ["jet_colormap", "overlay_maps", "map_grid"]
+
+
+def jet_colormap(values: Tensor) -> Tensor:
+    """Map ``[B, H, W]`` values in [0, 1] to ``[B, 3, H, W]`` RGB with the classic jet ramp."""
+    x = values.clamp(0, 1)[:, None]
+    red = (1.5 - (4 * x - 3).abs()).clamp(0, 1)
+    green = (1.5 - (4 * x - 2).abs()).clamp(0, 1)
+    blue = (1.5 - (4 * x - 1).abs()).clamp(0, 1)
+    return torch.cat([red, green, blue], dim=1)
+
+
+def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo per-channel normalisation; returns images in [0, 1]."""
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device)[:, None, None]
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device)[:, None, None]
+    return (images * std_t + mean_t).clamp(0, 1)
+
+
+def overlay_maps(images: Tensor, maps: Tensor, alpha: float = 0.5) -> Tensor:
+    """Blend min-max normalised maps, upsampled to the image size, over ``[B, 3, H, W]`` images."""
+    heat = jet_colormap(minmax_normalize(resize_maps(maps.float(), images.shape[-2:])))
+    return (1 - alpha) * images.float() + alpha * heat
+
+
+def map_grid(
+    images: Tensor,
+    maps: dict[str, Tensor],
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: int = 4,
+) -> Tensor:
+    """One row per image: the image, then one overlay per entry of ``maps`` (e.g. teacher,
+    student). Returns a ``[3, H', W']`` float image in [0, 1], upscaled ``scale`` times."""
+    pictures = denormalize(images.detach().float().cpu(), mean, std)
+    columns = [pictures] + [overlay_maps(pictures, m.detach().cpu()) for m in maps.values()]
+    rows = torch.stack(columns, dim=1)  # [B, columns, 3, H, W]
+    batch, ncols, channels, height, width = rows.shape
+    grid = rows.permute(2, 0, 3, 1, 4).reshape(channels, batch * height, ncols * width)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    return grid

@@ -1,0 +1,33 @@
+"""Shared fixtures: the quickstart recipe shrunk to seconds (CPU, no wandb, tmp output)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path, monkeypatch):
+    """Dot-list overrides that make the quickstart recipe run in seconds."""
+    monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
+    return [
+        f"output_dir={tmp_path / 'runs'}",
+        "data.num_train=192",
+        "data.num_val=64",
+        "data.batch_size=64",
+        "data.num_workers=0",
+        "teacher.name=wrn_16_1",
+        "teacher.epochs=1",
+        "student.name=wrn_16_1",
+        "student.epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "logging.wandb=disabled",
+        "logging.map_images=4",
+        "logging.map_every_n_epochs=1",
+    ]
