@@ -99,6 +99,7 @@ class LossConfig:
     map_normalize: str = "none"
     map_distance: str = "squared_l2"
     map_layers: list[LayerPairConfig] | None = None  # None: the models' cam_layer pair
+    map_closed_form: bool = True  # False forces the autograd path (same maps, slower)
     at_weight: float = 0.0
     at_layers: list[LayerPairConfig] | None = None
     at_p: float = 2.0

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from distill.cam import pooled_linear_classifier
 from distill.losses import ExplanationDistiller, map_cosine_similarity
 from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, param_groups
@@ -157,10 +156,6 @@ class DistillModule(_ClassificationModule):
         self.val_agreement = MeanMetric()
         self.val_map_similarity = MeanMetric()
         self.val_teacher_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self._val_needs_grad = any(
-            pooled_linear_classifier(distiller.student, pair.student) is None
-            for pair in distiller.map_layers
-        )
 
     def trainable(self) -> nn.Module:
         return self.distiller.student
@@ -174,7 +169,7 @@ class DistillModule(_ClassificationModule):
             for name, value in out.parts.items():
                 self.log(f"train/{name}", value, on_step=True, on_epoch=True)
             return out.loss, out.logits
-        grad = torch.enable_grad() if self._val_needs_grad else nullcontext()
+        grad = torch.enable_grad() if self.distiller.student_maps_need_grad else nullcontext()
         with grad:
             out = self.distiller(images, labels, return_maps=(stage == "val"))
         if stage == "val":

@@ -280,6 +280,7 @@ def _distiller(
         at_layers=pairs(loss.at_layers),
         at_p=loss.at_p,
         at_form=loss.at_form,
+        map_closed_form=loss.map_closed_form,
     )
 
 

@@ -229,3 +229,26 @@ def test_no_memory_growth_over_training_steps():
         if step in (9, 49):
             counts.append(_live_tensors())
     assert counts[1] <= counts[0], counts
+
+
+def test_forcing_the_autograd_path_gives_the_same_losses_and_gradients(wrn_pair):
+    teacher, student = wrn_pair
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    results = []
+    for closed_form in (True, False):
+        distiller = ExplanationDistiller(
+            teacher, student, map_weight=1.0, map_closed_form=closed_form
+        )
+        distiller.eval()
+        assert distiller.student_maps_need_grad is not closed_form
+        student.zero_grad()
+        out = distiller(images, labels)
+        out.loss.backward()
+        results.append((out, [p.grad.clone() for p in student.parameters()]))
+    (closed, closed_grads), (autograd, autograd_grads) = results
+    torch.testing.assert_close(closed.parts["map"], autograd.parts["map"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        closed.teacher_maps[0], autograd.teacher_maps[0], rtol=1e-4, atol=1e-6
+    )
+    for a, b in zip(closed_grads, autograd_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)

@@ -122,3 +122,10 @@ def test_ddp_two_cpu_processes(tiny_overrides, tmp_path):
         "world_size=2" in out.stdout + out.stderr
         or "distributed_backend=gloo" in out.stdout + out.stderr
     )
+
+
+def test_bf16_mixed_precision_run(tiny_overrides, tmp_path, monkeypatch):
+    summary, _ = train(load_config("quickstart", [*tiny_overrides, "trainer.precision=bf16-mixed"]))
+    assert 0.0 <= summary["student"]["val_map_similarity"] <= 1.0
+    assert summary["student"]["test_acc"] >= 0.0
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)

@@ -156,8 +156,10 @@ def _class_activation_map(
     targets = select_targets(scores, targets)
     with torch.enable_grad():
         grads = _target_grads(activations, scores, targets, classifier_weight, create_graph)
-        weights = weight_fn(activations, grads)
-        maps = torch.einsum("bk,bkhw->bhw", weights, _upcast(activations))
+        # Weights and the weighted sum stay in float32 even inside an autocast region.
+        with torch.autocast(activations.device.type, enabled=False):
+            weights = weight_fn(activations, grads)
+            maps = torch.einsum("bk,bkhw->bhw", weights, _upcast(activations))
         return torch.relu(maps)
 
 

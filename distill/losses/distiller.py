@@ -99,6 +99,8 @@ class ExplanationDistiller(nn.Module):
             ``cam_layer`` pair.
         at_p: exponent of the attention map.
         at_form: ``code`` (reference implementation) or ``paper``.
+        map_closed_form: use the closed form where a layer feeds a pooled-linear head; False
+            forces the autograd path everywhere (same maps, slower; for checks and benchmarks).
 
     Example:
         >>> import torch
@@ -127,6 +129,7 @@ class ExplanationDistiller(nn.Module):
         at_layers: Iterable[LayerPair | Sequence[object]] | None = None,
         at_p: float = 2.0,
         at_form: str = "code",
+        map_closed_form: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -149,6 +152,7 @@ class ExplanationDistiller(nn.Module):
         self.at_weight = float(at_weight)
         self.map_method = map_method
         self.map_target = map_target
+        self.map_closed_form = bool(map_closed_form)
         self.kd = KDLoss(temperature)
         self.map_loss = ExplanationMatchingLoss(map_normalize, map_distance)  # type: ignore[arg-type]
         self.at_loss = AttentionTransferLoss(at_p, at_form)  # type: ignore[arg-type]
@@ -179,10 +183,20 @@ class ExplanationDistiller(nn.Module):
         self.teacher.eval()
         return self
 
+    def _classifier(self, model: nn.Module, layer: str) -> nn.Linear | None:
+        """The pooled-linear classifier that enables the closed form at ``layer``, if any."""
+        return pooled_linear_classifier(model, layer) if self.map_closed_form else None
+
     def _teacher_needs_autograd(self, with_maps: bool) -> bool:
         return with_maps and any(
-            pooled_linear_classifier(self.teacher, pair.teacher) is None for pair in self.map_layers
+            self._classifier(self.teacher, pair.teacher) is None for pair in self.map_layers
         )
+
+    @property
+    def student_maps_need_grad(self) -> bool:
+        """Whether student maps need autograd (then run under ``torch.enable_grad()``, also in
+        validation); False when every student map layer has the closed form."""
+        return any(self._classifier(self.student, p.student) is None for p in self.map_layers)
 
     def _maps(
         self,
@@ -193,7 +207,7 @@ class ExplanationDistiller(nn.Module):
         targets: Tensor,
         create_graph: bool,
     ) -> Tensor:
-        classifier = pooled_linear_classifier(model, layer)
+        classifier = self._classifier(model, layer)
         return CAM_METHODS[self.map_method](
             activations,
             scores,

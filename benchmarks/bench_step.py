@@ -1,0 +1,138 @@
+"""One training step (forward + backward + SGD step) under each loss, and its memory.
+
+The cifar_wrn pair (teacher WRN-40-2, student WRN-16-2), batch 128, 32x32. Each variant is timed
+round-robin with the others. Memory is the size of the tensors autograd saves for the backward
+pass (unique storages; the step's peak beyond the weights), and on CUDA also the peak allocated.
+
+Usage:
+    python benchmarks/bench_step.py [--batch 128] [--repeats 5] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from _common import machine, measure_interleaved, table  # benchmarks/ is on sys.path
+
+from distill import ExplanationDistiller, build_model
+
+GROUPS = [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]
+VARIANTS: dict[str, dict] = {
+    "CE + KD": {"map_weight": 0.0},
+    "CE + KD + Grad-CAM++ (default layer, closed form)": {},
+    "CE + KD + Grad-CAM++ (default layer, autograd forced)": {"map_closed_form": False},
+    "CE + KD + Grad-CAM++ (mid layer block2, autograd)": {
+        "map_layers": [("block2", "block2", 1.0)]
+    },
+    "CE + KD + Grad-CAM (default layer)": {"map_method": "gradcam"},
+    "CE + KD + attention transfer (3 groups)": {
+        "map_weight": 0.0,
+        "at_weight": 1000.0,
+        "at_layers": GROUPS,
+    },
+}
+REFERENCE = "CE + KD"
+DEFAULT = "CE + KD + Grad-CAM++ (default layer, closed form)"
+
+
+def saved_bytes(step_forward: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the unique storages autograd saves during one forward (+ map graph)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step_forward()
+    loss.backward()
+    return sum(storages.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    teacher = build_model("wrn_40_2", num_classes=10).to(device)
+    student = build_model("wrn_16_2", num_classes=10).to(device)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(args.batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (args.batch,), device=device)
+    distillers = {
+        name: ExplanationDistiller(teacher, student, **kw) for name, kw in VARIANTS.items()
+    }
+    for distiller in distillers.values():
+        distiller.train()
+
+    def ce_forward() -> torch.Tensor:
+        return F.cross_entropy(student(images), labels)
+
+    forwards: dict[str, Callable[[], torch.Tensor]] = {"CE (student only)": ce_forward}
+    for name, distiller in distillers.items():
+        forwards[name] = lambda d=distiller: d(images, labels).loss
+
+    def step(forward: Callable[[], torch.Tensor]) -> None:
+        loss = forward()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    timings = measure_interleaved(
+        {name: (lambda f=f: step(f)) for name, f in forwards.items()},
+        repeats=args.repeats,
+        device=device,
+    )
+    memory = {}
+    for name, forward in forwards.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        memory[name] = saved_bytes(forward)
+        if device.type == "cuda":
+            memory[name] = (memory[name], torch.cuda.max_memory_allocated(device))
+        optimizer.zero_grad(set_to_none=True)
+
+    # Growth: resident memory over 30 more default steps.
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(30):
+        step(forwards[DEFAULT])
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    ref_time = timings[REFERENCE].median
+    ref_mem = memory[REFERENCE][0] if device.type == "cuda" else memory[REFERENCE]
+    header = ["loss", "step time", f"time / {REFERENCE}", "saved for backward", "memory ratio"]
+    if device.type == "cuda":
+        header.append("peak allocated")
+    rows = []
+    for name in forwards:
+        saved = memory[name][0] if device.type == "cuda" else memory[name]
+        row = [
+            name,
+            timings[name],
+            f"{timings[name].median / ref_time:.3f}x",
+            f"{saved / 2**20:.0f} MiB",
+            f"{saved / ref_mem:.3f}x",
+        ]
+        if device.type == "cuda":
+            row.append(f"{memory[name][1] / 2**20:.0f} MiB")
+        rows.append(row)
+    print(f"## Training step, WRN-40-2 -> WRN-16-2, batch {args.batch}, {device.type}\n")
+    print(machine() + "\n")
+    print(table(header, rows))
+    print(
+        f"\nmax RSS before/after 30 more default steps: {rss_before / 1024:.0f} / "
+        f"{rss_after / 1024:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
