@@ -40,9 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from distill.pipeline import train  # heavy imports only once the config is valid
+    # Heavy imports only once the config is valid.
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    train(cfg, resume_dir=args.resume)
+    from distill.callbacks import NonFiniteLossError
+    from distill.data import DatasetNotFoundError, UnreadableImageError
+    from distill.lightning_modules import CheckpointError
+    from distill.pipeline import train
+
+    try:
+        train(cfg, resume_dir=args.resume)
+    except (
+        CheckpointError,
+        DatasetNotFoundError,
+        UnreadableImageError,
+        NonFiniteLossError,
+    ) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    except SIGTERMException:
+        return 128 + 15  # the resume hint was printed when the checkpoint was saved
     return 0
 
 

@@ -9,13 +9,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.utils import save_image
 
 from distill.cam import GradCAMPlusPlus
 from distill.visualize import map_grid
 
-__all__ = ["MapImageCallback"]
+__all__ = ["MapImageCallback", "FiniteLossGuard", "InterruptCheckpoint", "NonFiniteLossError"]
 
 
 class MapImageCallback(Callback):
@@ -81,3 +82,53 @@ class MapImageCallback(Callback):
                 logger.log_image(
                     key="val/maps", images=[grid], caption=[columns], step=trainer.global_step
                 )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message says where and what to try."""
+
+
+class FiniteLossGuard(Callback):
+    """Stop at the first NaN/inf loss, before its backward pass touches the weights.
+
+    Raising here means no checkpoint is written after the failure: ``last.ckpt`` and
+    ``best.ckpt`` keep the last good state. The check costs one scalar synchronisation per step.
+    """
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
+    ) -> None:
+        if torch.isfinite(loss.detach()).all():
+            return
+        checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+        raise NonFiniteLossError(
+            f"training loss is {loss.detach().float().item()} at epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}; stopped before updating the weights. Last good "
+            f"checkpoint: {checkpoint}. Try a lower optim.lr or loss weights, or "
+            "trainer.gradient_clip_val"
+        )
+
+
+class InterruptCheckpoint(Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM, save ``interrupted.ckpt`` so ``--resume`` can continue
+    mid-epoch; other exceptions (e.g. a NaN loss) save nothing, so no bad state is written."""
+
+    def __init__(self, dirpath: str | Path, run_dir: str | Path) -> None:
+        super().__init__()
+        self.path = Path(dirpath) / "interrupted.ckpt"
+        self.run_dir = Path(run_dir)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            return
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.path)
+        if trainer.is_global_zero:
+            print(
+                f"\ninterrupted ({type(exception).__name__}); saved {self.path}. "
+                f"Continue with: python train.py --resume {self.run_dir}",
+                flush=True,
+            )

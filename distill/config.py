@@ -137,6 +137,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     gradient_clip_val: float | None = None
+    sync_batchnorm: bool = False  # DDP: batch statistics over the global batch
 
 
 @dataclass
@@ -261,6 +262,32 @@ def _validate(cfg: DictConfig) -> None:
         )
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.root must name the folder when data.name=imagefolder")
+    _validate_models(cfg)
+
+
+def _validate_models(cfg: DictConfig) -> None:
+    """Model names and layer names exist (models are built on the meta device: no memory)."""
+    import torch
+
+    from distill.cam import resolve_layer
+    from distill.models import build_model
+
+    models = {}
+    for role in ("teacher", "student"):
+        section = cfg[role]
+        try:
+            with torch.device("meta"):
+                models[role] = build_model(section.name, num_classes=10, **section.kwargs)
+        except (ValueError, TypeError) as error:
+            message = " ".join(str(error).split())
+            raise ConfigError(f"{role}.name={section.name!r}: {message}") from None
+    for key in ("map_layers", "at_layers"):
+        for i, pair in enumerate(cfg.loss[key] or []):
+            for role in ("teacher", "student"):
+                try:
+                    resolve_layer(models[role], pair[role])
+                except ValueError as error:
+                    raise ConfigError(f"loss.{key}[{i}].{role}: {error}") from None
 
 
 def load_config(name_or_path: str = "quickstart", overrides: list[str] | None = None) -> DictConfig:

@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from distill.callbacks import MapImageCallback
+from distill.callbacks import FiniteLossGuard, InterruptCheckpoint, MapImageCallback
 from distill.data import build_datamodule
 from distill.lightning_modules import (
     CheckpointError,
@@ -86,20 +86,34 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
+def _launched_worker() -> bool:
+    """True in the extra processes a DDP launcher starts (they join rank 0's run)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
 def make_run_dir(cfg: DictConfig) -> Path:
-    """Create a fresh run directory; two runs started at once never get the same one."""
+    """Create a fresh run directory; two runs started at once never get the same one.
+
+    Processes started by Lightning's DDP launcher join the directory of the process that
+    started them. Under SLURM every task of a job (all nodes) uses ``slurm-<job id>``.
+    """
     inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited:
+    if inherited and _launched_worker():
         return Path(inherited)
     parent = Path(cfg.output_dir) / cfg.name
     parent.mkdir(parents=True, exist_ok=True)
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        run_dir = parent / f"slurm-{job}"
+        run_dir.mkdir(exist_ok=True)
+        return run_dir
     while True:
-        run_dir = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        run_dir = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         try:
             run_dir.mkdir()
         except FileExistsError:
             continue
-        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by DDP processes
         return run_dir
 
 
@@ -115,7 +129,7 @@ def _write_run_files(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _datamodule(cfg: DictConfig, run_dir: Path) -> L.LightningDataModule:
+def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
     data = cfg.data
     return build_datamodule(
         data.name,
@@ -135,6 +149,7 @@ def _datamodule(cfg: DictConfig, run_dir: Path) -> L.LightningDataModule:
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks: list) -> L.Trainer:
+    callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage, run_dir), *callbacks]
     loggers, mode = build_loggers(cfg.logging.wandb, run_dir, stage, cfg.logging.project, cfg.name)
     if mode == "offline":
         print(f"wandb is offline: upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`")
@@ -161,6 +176,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks:
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         gradient_clip_val=t.gradient_clip_val,
+        sync_batchnorm=t.sync_batchnorm,
         logger=loggers,
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *callbacks],
         default_root_dir=str(run_dir),
@@ -197,16 +213,20 @@ def _keep_previous_logs(run_dir: Path, stage: str) -> None:
 
 
 def _last_checkpoint(run_dir: Path, stage: str, resume: bool) -> str | None:
-    path = run_dir / stage / "last.ckpt"
-    if not (resume and path.is_file()):
+    """The newest of ``last.ckpt`` (epoch ends) and ``interrupted.ckpt`` (Ctrl-C, SIGTERM)."""
+    if not resume:
         return None
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+    candidates = [run_dir / stage / name for name in ("last.ckpt", "interrupted.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    if not existing:
+        return None
+    if not _launched_worker():
         _keep_previous_logs(run_dir, stage)
-    return str(path)
+    return str(max(existing, key=lambda path: path.stat().st_mtime))
 
 
 def _train_teacher(
-    cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool
+    cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
 ) -> dict:
     model = build_model(cfg.teacher.name, num_classes=dm.num_classes, **cfg.teacher.kwargs)
     module = ClassifierModule(
@@ -217,7 +237,7 @@ def _train_teacher(
         epochs=cfg.teacher.epochs,
         model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
     )
-    callbacks = [_map_callback(cfg, dm, run_dir, "teacher")]
+    callbacks = [_map_callback(cfg, dm, run_dir, "teacher"), *extra]
     ckpt_path = _last_checkpoint(run_dir, "teacher", resume)
     trainer = _trainer(cfg, run_dir, "teacher", cfg.teacher.epochs, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -285,7 +305,7 @@ def _distiller(
 
 
 def _train_student(
-    cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool
+    cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
 ) -> dict:
     teacher_path = _teacher_checkpoint(cfg, run_dir)
     teacher = load_classifier(
@@ -301,7 +321,7 @@ def _train_student(
         teacher_name=cfg.teacher.name,
         model_kwargs=OmegaConf.to_container(cfg.student.kwargs),
     )
-    callbacks = [_map_callback(cfg, dm, run_dir, "student")]
+    callbacks = [_map_callback(cfg, dm, run_dir, "student"), *extra]
     ckpt_path = _last_checkpoint(run_dir, "student", resume)
     trainer = _trainer(cfg, run_dir, "student", cfg.student.epochs, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -340,31 +360,58 @@ def _print_summary(summary: dict) -> None:
     print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']:.0f} s)")
 
 
-def train(cfg: DictConfig, *, resume_dir: str | Path | None = None) -> tuple[dict, RunResult]:
+def _check_inputs(cfg: DictConfig, dm: Any, resume: bool) -> None:
+    """Fail before anything is written: missing data, an unusable teacher checkpoint."""
+    if not _launched_worker():
+        dm.prepare_data()  # downloads, or one clear error when the data is missing offline
+    teacher_given = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).exists()
+    if cfg.stage == "student" and not resume and not teacher_given:
+        raise CheckpointError(
+            f"stage=student needs a trained teacher, but teacher.checkpoint="
+            f"{cfg.teacher.checkpoint} does not exist; use stage=all to train one first"
+        )
+    if cfg.stage != "teacher" and teacher_given:
+        load_classifier(
+            cfg.teacher.checkpoint, expected_name=cfg.teacher.name, expected_classes=dm.num_classes
+        )
+
+
+def train(
+    cfg: DictConfig,
+    *,
+    resume_dir: str | Path | None = None,
+    callbacks: list[L.Callback] | None = None,
+) -> tuple[dict, RunResult]:
     """Run the stages ``cfg.stage`` asks for and write the run directory.
 
     Args:
         cfg: a config from :func:`distill.config.load_config`.
-        resume_dir: an earlier run directory to continue from its ``last.ckpt`` files.
+        resume_dir: an earlier run directory to continue from its last (or interrupted)
+            checkpoints; a finished teacher stage is not repeated.
+        callbacks: extra Lightning callbacks for every stage.
 
     Returns:
         ``(summary, result)``: the dict written to ``summary.json`` and the built objects.
+
+    Raises:
+        CheckpointError, DatasetNotFoundError: before the run directory is created.
+        NonFiniteLossError: the loss became NaN/inf (the last good checkpoints are kept).
     """
     start = time.time()
     resume = resume_dir is not None
+    L.seed_everything(cfg.seed, workers=True)
+    dm = _datamodule(cfg)
+    _check_inputs(cfg, dm, resume)
     if resume:
         run_dir = Path(resume_dir)
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     else:
         run_dir = make_run_dir(cfg)
-    is_rank_zero = (
-        int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-    )
+    is_rank_zero = not _launched_worker()
     if is_rank_zero and not resume:
         _write_run_files(cfg, run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    dm = _datamodule(cfg, run_dir)
     result = RunResult(run_dir=run_dir)
+    extra = list(callbacks or [])
     summary_path = run_dir / "summary.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.update({"name": cfg.name, "run_dir": str(run_dir)})
@@ -372,12 +419,14 @@ def train(cfg: DictConfig, *, resume_dir: str | Path | None = None) -> tuple[dic
     teacher_present = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).is_file()
     wants_teacher = cfg.stage == "teacher" or (cfg.stage == "all" and not teacher_present)
     if wants_teacher and not summary.get("teacher", {}).get("done"):
-        summary["teacher"] = _train_teacher(cfg, dm, run_dir, result, resume) | {"done": True}
+        teacher = _train_teacher(cfg, dm, run_dir, result, resume, extra)
+        summary["teacher"] = teacher | {"done": True}
         if is_rank_zero:
             summary_path.write_text(json.dumps(summary, indent=2))
     if cfg.stage in ("student", "all"):
         L.seed_everything(cfg.seed, workers=True)
-        summary["student"] = _train_student(cfg, dm, run_dir, result, resume) | {"done": True}
+        student = _train_student(cfg, dm, run_dir, result, resume, extra)
+        summary["student"] = student | {"done": True}
     summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + time.time() - start
     if is_rank_zero:
         summary_path.write_text(json.dumps(summary, indent=2))

@@ -219,18 +219,59 @@ class IndexBatchSampler(ShardedIndexSampler):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.drop_last_batch = bool(drop_last)
+        self.current_epoch = 0
+        self.batches_yielded = 0  # in the current iteration: the position to resume from
+        self._resume_at: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Make the next iteration be over ``epoch``, skipping its first ``batches`` batches.
+
+        Lightning restores this state and then creates the epoch's iterator before it calls
+        ``set_epoch``, so the epoch is set here too.
+        """
+        self._resume_at = (int(epoch), int(batches))
+        self.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Tensor]:  # type: ignore[override]
-        _, idx = self._next_epoch()
+        epoch, idx = self._next_epoch()
         batches = list(idx.split(self.batch_size))
         if self.drop_last_batch and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
-        return iter(batches)
+        skip = 0
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            skip = self._resume_at[1]
+        self._resume_at = None
+        self.current_epoch, self.batches_yielded = epoch, skip
+        return self._generate(batches[skip:])
+
+    def _generate(self, batches: list[Tensor]) -> Iterator[Tensor]:
+        for batch in batches:
+            self.batches_yielded += 1
+            yield batch
 
     def __len__(self) -> int:
         if self.drop_last_batch:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+
+class ResumableDataLoader(DataLoader):
+    """A loader over an :class:`IndexBatchSampler` that Lightning can checkpoint mid-epoch.
+
+    Lightning stores ``state_dict()`` in every checkpoint and calls ``load_state_dict`` when
+    resuming, so a run interrupted in the middle of an epoch continues with the very next batch
+    (same order, same augmentation) instead of replaying the epoch from its start.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        assert isinstance(sampler, IndexBatchSampler)
+        return {"epoch": sampler.current_epoch, "batches": sampler.batches_yielded}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        sampler = self.sampler
+        assert isinstance(sampler, IndexBatchSampler)
+        sampler.resume(state_dict["epoch"], state_dict["batches"])
 
 
 class TensorBatchDataset(Dataset):
@@ -363,7 +404,7 @@ class ImageDataModule(L.LightningDataModule):
         self._std = tuple(float(s) for s in (std if std is not None else self.default_std))
         self.normalize = Normalize(self._mean, self._std)
         self.batch_augment = BatchAugment(self.padding, flip=True, generator=self.seed)
-        self._aug_key: tuple[int, int] | None = None
+        self._train_sampler: IndexBatchSampler | None = None
         self._data: dict[str, Any] = {}  # storage key -> tuple of tensors or a Dataset
         self._classes: list[str] | None = None
         self._image_hw: tuple[int, int] | None = None
@@ -519,7 +560,9 @@ class ImageDataModule(L.LightningDataModule):
                 rank=rank,
                 drop_last=train and self.drop_last,
             )
-            return DataLoader(
+            if train:
+                self._train_sampler = sampler
+            return ResumableDataLoader(
                 TensorBatchDataset(*data[:n_keep]),
                 batch_size=None,
                 sampler=sampler,
@@ -599,11 +642,15 @@ class ImageDataModule(L.LightningDataModule):
         """Run :meth:`preprocess` on the device; augment only while the trainer is training."""
         trainer = self.trainer
         train = bool(trainer is not None and trainer.training)
-        if train and trainer is not None:
-            key = (int(trainer.current_epoch), int(trainer.global_rank))
-            if key != self._aug_key:  # fresh, resumable augmentation stream per epoch and rank
-                self.batch_augment.manual_seed(_mix_seed(self.seed, *key))
-                self._aug_key = key
+        if train and trainer is not None and self._train_sampler is not None:
+            # One seed per (epoch, rank, batch): a run resumed mid-epoch augments the remaining
+            # batches exactly as an uninterrupted run would.
+            sampler = self._train_sampler
+            self.batch_augment.manual_seed(
+                _mix_seed(
+                    self.seed, sampler.current_epoch, trainer.global_rank, sampler.batches_yielded
+                )
+            )
         return self.preprocess(batch, train)
 
 

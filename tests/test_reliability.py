@@ -1,0 +1,333 @@
+"""Bad inputs, interruptions and non-finite losses: clear errors, no lost or overwritten work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from distill import ExplanationDistiller, build_model
+from distill.callbacks import NonFiniteLossError
+from distill.config import ConfigError, load_config
+from distill.data import DatasetNotFoundError
+from distill.lightning_modules import CheckpointError
+from distill.pipeline import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DISTILL_RUN_DIR"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+
+
+# ---- configs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("student.name=resnt20", r"student.name='resnt20'.*Did you mean: resnet20"),
+        ("teacher.name=wrn_17_2", r"teacher.name='wrn_17_2'.*depth"),
+        ("data.name=cifar11", r"data.name='cifar11' is not valid \(did you mean 'cifar10'\?\)"),
+        (
+            "loss.map_layers=[{student: block_2, teacher: relu}]",
+            r"loss.map_layers\[0\].student.*did you mean 'block2'",
+        ),
+        ("loss.at_weight=-0.5", r"loss.at_weight=-0.5 must be >= 0"),
+        ("teacher.kwargs={dropot: 0.1}", r"teacher.name='wrn_16_2'.*dropot"),
+    ],
+)
+def test_invalid_models_layers_and_values_are_named(override, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config("quickstart", [override])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("args", [["student.name=resnt20"], ["--config", "missing_recipe"]])
+def test_cli_config_errors_exit_2_and_write_nothing(tmp_path, args):
+    out = run_cli([*args, f"output_dir={tmp_path / 'runs'}"], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: ") and out.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+
+def _fake_classifier_checkpoint(path: Path, name: str, num_classes: int) -> Path:
+    model = build_model(name, num_classes=num_classes)
+    torch.save(
+        {
+            "hyper_parameters": {
+                "model_name": name,
+                "num_classes": num_classes,
+                "model_kwargs": {},
+            },
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return path
+
+
+def _checkpoint_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = _fake_classifier_checkpoint(tmp_path / "good.ckpt", "wrn_16_1", 6)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(os.urandom(4096))
+    other_arch = _fake_classifier_checkpoint(tmp_path / "arch.ckpt", "resnet20", 6)
+    other_classes = _fake_classifier_checkpoint(tmp_path / "classes.ckpt", "wrn_16_1", 10)
+    return {
+        "missing": (tmp_path / "nope.ckpt", "does not exist"),
+        "truncated": (truncated, "cannot be read"),
+        "corrupt": (corrupt, "cannot be read"),
+        "architecture": (other_arch, "holds a resnet20 but the config asks for wrn_16_1"),
+        "classes": (other_classes, "trained for 10 classes but the data has 6"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "corrupt", "architecture", "classes"])
+def test_bad_teacher_checkpoints_fail_before_anything_is_written(tiny_overrides, tmp_path, case):
+    path, message = _checkpoint_cases(tmp_path)[case]
+    before = path.read_bytes() if path.exists() else None
+    cfg = load_config(
+        "quickstart", [*tiny_overrides, "stage=student", f"teacher.checkpoint={path}"]
+    )
+    with pytest.raises(CheckpointError, match=message) as info:
+        train(cfg)
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "runs").exists()
+    assert (path.read_bytes() if path.exists() else None) == before  # nothing overwritten
+
+
+def test_cli_bad_checkpoint_is_one_line_exit_1(tiny_overrides, tmp_path):
+    path, _ = _checkpoint_cases(tmp_path)["corrupt"]
+    out = run_cli([*tiny_overrides, "stage=student", f"teacher.checkpoint={path}"], tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: teacher checkpoint")
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def test_missing_imagefolder_fails_before_anything_is_written(tiny_overrides, tmp_path):
+    cfg = load_config(
+        "quickstart", [*tiny_overrides, "data.name=imagefolder", f"data.root={tmp_path / 'nodata'}"]
+    )
+    with pytest.raises(DatasetNotFoundError, match="nodata"):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- numerics -------------------------------------------------------------------------------
+
+
+class PoisonWeights(L.Callback):
+    """Simulate divergence: NaN weights at the first step of a given epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            with torch.no_grad():
+                next(pl_module.trainable().parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, tmp_path):
+    cfg = load_config("quickstart", [*tiny_overrides, "stage=teacher", "teacher.epochs=3"])
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 1") as info:
+        train(cfg, callbacks=[PoisonWeights(epoch=1)])
+    (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
+    last = run_dir / "teacher" / "last.ckpt"
+    assert str(last) in str(info.value)
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0  # written at the end of the first epoch, not after the NaN
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
+    assert not (run_dir / "teacher" / "interrupted.ckpt").exists()
+
+
+def test_maps_and_losses_stay_finite_for_blank_images_and_dead_relus():
+    torch.manual_seed(0)
+    teacher, student = build_model("wrn_16_1", 10), build_model("wrn_16_1", 10)
+    with torch.no_grad():
+        student.bn1.bias.fill_(-100.0)  # final BN -> ReLU outputs zero everywhere: dead ReLUs
+    distiller = ExplanationDistiller(teacher, student, map_weight=1.0)
+    for images in (torch.zeros(4, 3, 32, 32), torch.randn(4, 3, 32, 32)):
+        out = distiller(images, torch.tensor([0, 1, 2, 3]))
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+        assert all(torch.isfinite(m).all() for m in out.student_maps + out.teacher_maps)
+        assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+    assert out.student_maps[0].abs().max() == 0
+
+
+# ---- interruptions --------------------------------------------------------------------------
+
+
+class SignalAt(L.Callback):
+    """Send a real signal to this process after a given training batch."""
+
+    def __init__(self, epoch: int, batch: int, signum: int) -> None:
+        self.epoch, self.batch, self.signum = epoch, batch, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(tiny_overrides, tmp_path, signum):
+    overrides = [
+        *tiny_overrides,
+        "stage=teacher",
+        "teacher.epochs=2",
+        "trainer.deterministic=true",
+        "optim.schedule=multistep",
+    ]
+    reference_out = tmp_path / "reference"
+    train(load_config("quickstart", [*overrides, f"output_dir={reference_out}"]))
+    (reference_dir,) = (reference_out / "quickstart").iterdir()
+
+    cfg = load_config("quickstart", overrides)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        expected = SIGTERMException if signum == signal.SIGTERM else SystemExit
+        with pytest.raises(expected):
+            train(cfg, callbacks=[SignalAt(epoch=1, batch=0, signum=signum)])
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning ignores further Ctrl-C on shutdown
+    (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
+    interrupted = run_dir / "teacher" / "interrupted.ckpt"
+    assert interrupted.is_file()
+    assert torch.load(interrupted, map_location="cpu", weights_only=False)["epoch"] == 1
+
+    summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
+    assert summary["teacher"]["epochs"] == 2
+    resumed, reference = (
+        _weights(run_dir / "teacher" / "last.ckpt"),
+        _weights(reference_dir / "teacher" / "last.ckpt"),
+    )
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
+
+
+# ---- run directories ------------------------------------------------------------------------
+
+
+def test_concurrent_runs_get_their_own_directories_with_config_and_commit(tiny_overrides, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DISTILL_RUN_DIR"}
+    script = (
+        "import sys; from distill.config import load_config; from distill.pipeline import make_run_dir;"
+        "print(make_run_dir(load_config('quickstart', sys.argv[1:])))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *tiny_overrides],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    dirs = {p.communicate()[0].strip() for p in procs}
+    assert len(dirs) == 4
+    summary, _ = train(load_config("quickstart", [*tiny_overrides, "stage=teacher"]))
+    meta = json.loads((Path(summary["run_dir"]) / "meta.json").read_text())
+    assert meta["git_commit"] is None or len(meta["git_commit"].split("-")[0]) == 40
+    assert (Path(summary["run_dir"]) / "config.yaml").is_file()
+
+
+# ---- distributed ----------------------------------------------------------------------------
+
+
+NO_NORM_SCRIPT = """
+import sys
+from torch import nn
+from distill.models import build_model, register_model
+
+@register_model
+def wrn_16_1_nonorm(*, num_classes=10, **kwargs):
+    # Batch norm couples the samples of a batch (and SyncBatchNorm needs CUDA): without it a
+    # 2 x 32 DDP step computes the same gradient as a 1 x 64 step.
+    model = build_model("wrn_16_1", num_classes=num_classes, **kwargs)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, child_name, nn.Identity())
+    return model
+
+sys.path.insert(0, {root!r})
+from train import main
+sys.exit(main())
+"""
+
+
+def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overrides, tmp_path):
+    """Same global batch of 64: one process, or two processes of 32 each (gloo). Batch norm is
+    removed from the models and augmentation is off (its random stream is per rank), so both
+    compute the same thing. Weights agree to float rounding (the gradient all-reduce sums in
+    another order): atol 1e-5. Validation metrics are reduced over both ranks: accuracy and
+    agreement are equal, map similarity agrees to 1e-5."""
+    script = tmp_path / "train_nonorm.py"
+    script.write_text(NO_NORM_SCRIPT.format(root=str(ROOT)))
+    env = {k: v for k, v in os.environ.items() if k != "DISTILL_RUN_DIR"}
+    common = [
+        *tiny_overrides,
+        "data.augment=false",
+        "teacher.name=wrn_16_1_nonorm",
+        "student.name=wrn_16_1_nonorm",
+        "optim.lr=0.01",
+    ]
+    runs = {}
+    for devices in (1, 2):
+        out_dir = tmp_path / f"devices{devices}"
+        extra = ["trainer.strategy=ddp"] if devices == 2 else []
+        args = [*common, f"output_dir={out_dir}", f"trainer.devices={devices}", *extra]
+        result = subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        if devices == 2:
+            assert "MEMBER: 2/2" in result.stdout + result.stderr
+        (run_dir,) = (out_dir / "quickstart").iterdir()
+        runs[devices] = run_dir
+    for stage in ("teacher", "student"):
+        one = _weights(runs[1] / stage / "last.ckpt")
+        two = _weights(runs[2] / stage / "last.ckpt")
+        assert one.keys() == two.keys()
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=f"{stage} {key}")
+    s1 = json.loads((runs[1] / "summary.json").read_text())["student"]
+    s2 = json.loads((runs[2] / "summary.json").read_text())["student"]
+    for key in ("val_acc", "val_agreement", "val_teacher_acc"):
+        assert s2[key] == pytest.approx(s1[key], abs=1e-6), key
+    assert s2["val_map_similarity"] == pytest.approx(s1["val_map_similarity"], abs=1e-5)
