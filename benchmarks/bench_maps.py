@@ -22,10 +22,8 @@ from distill.cam import GradCAMPlusPlus, minmax_normalize, resize_maps
 from distill.models import build_model
 
 
-def distill_maps(
-    model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    maps = GradCAMPlusPlus(model)(images, targets)
+def distill_maps(cam: GradCAMPlusPlus, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    maps = cam(images, targets)  # hooks exist only during the call
     return minmax_normalize(resize_maps(minmax_normalize(maps), images.shape[-2:]))
 
 
@@ -89,7 +87,8 @@ def main() -> None:
             with torch.no_grad():
                 return model(images)
 
-        fns = {"forward": forward, "distill": lambda i=images, t=targets: distill_maps(model, i, t)}
+        cam = GradCAMPlusPlus(model)
+        fns = {"forward": forward, "distill": lambda i=images, t=targets: distill_maps(cam, i, t)}
         fns |= {
             name: (lambda fn=fn, i=images, t=targets: fn(model, i, t))
             for name, fn in others.items()

@@ -65,6 +65,8 @@ class DataConfig:
     in_memory: bool = True  # uint8 tensor in memory, batched augmentation on the device
     cache_dir: str | None = None  # imagefolder: keep the decoded uint8 tensor here (.pt)
     augment: bool = True
+    train_fraction: float = 1.0  # class-balanced share of the training split (data-scarce runs)
+    subset_seed: int = 0  # seed of that share, the same for every method and training seed
     num_train: int = 4000  # shapes only
     num_val: int = 1000  # shapes only
 
@@ -148,6 +150,7 @@ class LoggingConfig:
     project: str = "distill"
     map_images: int = 8  # validation images whose maps are logged
     map_every_n_epochs: int = 5
+    explanation_metrics: bool = False  # validation Average Drop, Increase in Confidence, Loc
 
 
 @dataclass
@@ -255,6 +258,8 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("loss.temperature", "data.batch_size", "teacher.epochs", "student.epochs"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be > 0")
+    if not 0 < cfg.data.train_fraction <= 1:
+        raise ConfigError(f"data.train_fraction={cfg.data.train_fraction} must be in (0, 1]")
     milestones = list(cfg.optim.milestones)
     if any(not 0 < m < 1 for m in milestones) or milestones != sorted(milestones):
         raise ConfigError(

@@ -18,7 +18,17 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from distill.losses import ExplanationDistiller, map_cosine_similarity
+from distill.cam import GradCAMPlusPlus, resize_maps
+from distill.losses import ExplanationDistiller
+from distill.metrics import (
+    AverageDrop,
+    EnergyPointingGame,
+    IncreaseInConfidence,
+    Localization,
+    MapAgreement,
+    TopOneAgreement,
+    explanation_confidences,
+)
 from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, param_groups
 
@@ -32,9 +42,26 @@ class CheckpointError(RuntimeError):
 class _ClassificationModule(L.LightningModule):
     """Shared metrics, optimizer and logging; subclasses define ``model_step``."""
 
-    def __init__(self, num_classes: int, optim: dict[str, Any], epochs: int) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        optim: dict[str, Any],
+        epochs: int,
+        explanation_metrics: bool = False,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        # Faithfulness (and, with boxes in the batches, localisation) of the trained network's
+        # Grad-CAM++ maps for its predicted class: two extra forwards per batch, so off by default.
+        self.explanation_metrics = explanation_metrics
+        self._mean, self._std = mean, std
+        if explanation_metrics:
+            self.val_average_drop = AverageDrop()
+            self.val_increase = IncreaseInConfidence()
+            self.val_localization = Localization(delta=0.5, image_size=None)
+            self.val_energy_pointing = EnergyPointingGame(image_size=None)
         top5 = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -73,6 +100,27 @@ class _ClassificationModule(L.LightningModule):
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc5", self.val_acc5, on_step=False, on_epoch=True)
+        if self.explanation_metrics:
+            self._log_explanation_metrics(batch)
+
+    def _log_explanation_metrics(self, batch: tuple[Tensor, ...]) -> None:
+        images = batch[0]
+        model = self.trainable()
+        predicted = model(images).argmax(1)
+        maps = GradCAMPlusPlus(model)(images, predicted)
+        y, o = explanation_confidences(
+            model, images, maps, predicted, mean=self._mean, std=self._std
+        )
+        self.val_average_drop(y, o)
+        self.val_increase(y, o)
+        self.log("val/average_drop", self.val_average_drop, on_step=False, on_epoch=True)
+        self.log("val/increase_in_confidence", self.val_increase, on_step=False, on_epoch=True)
+        if len(batch) > 2:  # boxes (shapes with return_boxes)
+            upsampled = resize_maps(maps, images.shape[-2:])
+            self.val_localization(upsampled, batch[2])
+            self.val_energy_pointing(upsampled, batch[2])
+            self.log("val/localization", self.val_localization, on_step=False, on_epoch=True)
+            self.log("val/energy_pointing", self.val_energy_pointing, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_acc.compute())
@@ -116,8 +164,9 @@ class ClassifierModule(_ClassificationModule):
         optim: dict[str, Any],
         epochs: int,
         model_kwargs: dict[str, Any] | None = None,
+        **metric_options: Any,
     ) -> None:
-        super().__init__(num_classes, optim, epochs)
+        super().__init__(num_classes, optim, epochs, **metric_options)
         self.save_hyperparameters(ignore=["model"])
         self.model = model
 
@@ -149,12 +198,13 @@ class DistillModule(_ClassificationModule):
         student_name: str = "",
         teacher_name: str = "",
         model_kwargs: dict[str, Any] | None = None,
+        **metric_options: Any,
     ) -> None:
-        super().__init__(num_classes, optim, epochs)
+        super().__init__(num_classes, optim, epochs, **metric_options)
         self.save_hyperparameters(ignore=["distiller"])
         self.distiller = distiller
-        self.val_agreement = MeanMetric()
-        self.val_map_similarity = MeanMetric()
+        self.val_agreement = TopOneAgreement()
+        self.val_map_similarity = MapAgreement()
         self.val_teacher_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
 
     def trainable(self) -> nn.Module:
@@ -173,8 +223,8 @@ class DistillModule(_ClassificationModule):
         with grad:
             out = self.distiller(images, labels, return_maps=(stage == "val"))
         if stage == "val":
-            self.val_agreement((out.logits.argmax(1) == out.teacher_logits.argmax(1)).float())
-            self.val_map_similarity(map_cosine_similarity(out.student_maps[0], out.teacher_maps[0]))
+            self.val_agreement(out.logits, out.teacher_logits)
+            self.val_map_similarity(out.student_maps[0], out.teacher_maps[0])
             self.val_teacher_acc(out.teacher_logits, labels)
             self.log(
                 "val/agreement", self.val_agreement, on_step=False, on_epoch=True, prog_bar=True

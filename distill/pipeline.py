@@ -144,6 +144,9 @@ def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
         num_train=data.num_train,
         num_val=data.num_val,
         cache_dir=data.cache_dir,
+        train_fraction=data.train_fraction,
+        subset_seed=data.subset_seed,
+        return_boxes=cfg.logging.explanation_metrics,
         seed=cfg.seed,
     )
 
@@ -236,6 +239,9 @@ def _train_teacher(
         optim=OmegaConf.to_container(cfg.optim),
         epochs=cfg.teacher.epochs,
         model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
+        explanation_metrics=cfg.logging.explanation_metrics,
+        mean=tuple(dm.mean),
+        std=tuple(dm.std),
     )
     callbacks = [_map_callback(cfg, dm, run_dir, "teacher"), *extra]
     ckpt_path = _last_checkpoint(run_dir, "teacher", resume)
@@ -320,6 +326,9 @@ def _train_student(
         student_name=cfg.student.name,
         teacher_name=cfg.teacher.name,
         model_kwargs=OmegaConf.to_container(cfg.student.kwargs),
+        explanation_metrics=cfg.logging.explanation_metrics,
+        mean=tuple(dm.mean),
+        std=tuple(dm.std),
     )
     callbacks = [_map_callback(cfg, dm, run_dir, "student"), *extra]
     ckpt_path = _last_checkpoint(run_dir, "student", resume)

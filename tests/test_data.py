@@ -662,3 +662,21 @@ def test_ddp_two_processes(tmp_path):
     trainer.fit(_DDPModel(), datamodule=dm)
     assert trainer.callback_metrics["world"] == 2
     assert trainer.callback_metrics["steps"] == 4  # 32 samples / (2 ranks x 4 per step)
+
+
+def test_train_fraction_is_a_fixed_class_balanced_subset():
+    from distill.data.datamodules import balanced_subset
+
+    labels = torch.arange(6).repeat_interleave(torch.tensor([10, 20, 30, 40, 50, 60]))
+    keep = balanced_subset(labels, 0.1, seed=3)
+    assert torch.bincount(labels[keep]).tolist() == [1, 2, 3, 4, 5, 6]
+    assert torch.equal(keep, balanced_subset(labels, 0.1, seed=3))
+    assert not torch.equal(keep, balanced_subset(labels, 0.1, seed=4))
+    for in_memory in (True, False):
+        dm = ShapesDataModule(
+            num_train=600, num_val=60, batch_size=32, train_fraction=0.25, in_memory=in_memory
+        )
+        dm.setup("fit")
+        train = dm._split("train")
+        n = len(train[0]) if in_memory else len(train)
+        assert n == pytest.approx(150, abs=6)

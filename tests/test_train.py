@@ -94,3 +94,17 @@ def test_bf16_mixed_precision_run(tiny_overrides, tmp_path, monkeypatch):
     assert 0.0 <= summary["student"]["val_map_similarity"] <= 1.0
     assert summary["student"]["test_acc"] >= 0.0
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+
+
+def test_explanation_metrics_are_logged_when_enabled(tiny_overrides, tmp_path):
+    summary, _ = train(
+        load_config("quickstart", [*tiny_overrides, "logging.explanation_metrics=true"])
+    )
+    header = (Path(summary["run_dir"]) / "student" / "metrics.csv").read_text().splitlines()[0]
+    for column in (
+        "val/average_drop",
+        "val/increase_in_confidence",
+        "val/localization",
+        "val/energy_pointing",
+    ):
+        assert column in header, column

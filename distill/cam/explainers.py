@@ -41,9 +41,12 @@ class BaseCAM:
     def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
         """Return detached ``[B, H, W]`` maps for ``targets`` (default: the predicted class)."""
         classifier = pooled_linear_classifier(self.model, self.target_layer)
-        # Cut the graph at the layer: only the part after it is needed for the gradient.
-        grad_mode = torch.no_grad() if classifier is not None else torch.enable_grad()
-        with capture_activations(self.model, [self.target_layer], detach=True) as acts, grad_mode:
+        closed_form = classifier is not None
+        # Closed form: no graph at all. Autograd path: cut the graph at the layer, since only
+        # the part after it is needed for the gradient.
+        grad_mode = torch.no_grad() if closed_form else torch.enable_grad()
+        capture = capture_activations(self.model, [self.target_layer], detach=not closed_form)
+        with capture as acts, grad_mode:
             scores = self.model(images)
         maps = _class_activation_map(
             self.channel_weights,

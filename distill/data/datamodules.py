@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from distill.data.shapes import SHAPES_CLASSES, SHAPES_MEAN, SHAPES_STD, make_shapes
 from distill.data.transforms import (
@@ -330,6 +330,18 @@ class _SeededTransformDataset(Dataset):
         return (img, *item[1:])
 
 
+def balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of ``round(fraction * n_c)`` random samples of every class ``c`` (at
+    least one per class), drawn with ``seed``."""
+    g = torch.Generator().manual_seed(int(seed))
+    keep = []
+    for cls in labels.unique(sorted=True):
+        members = (labels == cls).nonzero().flatten()
+        count = max(1, round(fraction * len(members)))
+        keep.append(members[torch.randperm(len(members), generator=g)[:count]])
+    return torch.cat(keep).sort().values
+
+
 # --------------------------------------------------------------------------------------------
 # Base datamodule
 # --------------------------------------------------------------------------------------------
@@ -367,6 +379,10 @@ class ImageDataModule(L.LightningDataModule):
             (which then must be the same for all images).
         mean: Per-channel normalisation mean (``[0, 1]`` scale); subclass default if ``None``.
         std: Per-channel normalisation std; subclass default if ``None``.
+        train_fraction: Keep this share of every class of the training split (a class-balanced
+            subset, the same for every run with the same ``subset_seed``): data-scarce
+            experiments.
+        subset_seed: Seed of that subset, independent of ``seed``.
     """
 
     default_mean: tuple[float, ...] = CIFAR10_MEAN
@@ -386,8 +402,14 @@ class ImageDataModule(L.LightningDataModule):
         image_size: int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        train_fraction: float = 1.0,
+        subset_seed: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        self.train_fraction = float(train_fraction)
+        self.subset_seed = int(subset_seed)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -514,7 +536,21 @@ class ImageDataModule(L.LightningDataModule):
                 self._data[key] = (images, *tensors[1:])
             else:
                 self._data[key] = self._load_pil_dataset(key)
+            if split == "train" and self.train_fraction < 1:
+                self._data[key] = self._subset(self._data[key])
         return self._data[key]
+
+    def _subset(self, data: Any) -> Any:
+        """The class-balanced ``train_fraction`` of a split (tensors or a Dataset)."""
+        if self.in_memory:
+            labels = data[1]
+        else:
+            targets = getattr(data, "targets", None)
+            labels = torch.as_tensor(targets if targets is not None else data.labels)
+        keep = balanced_subset(labels, self.train_fraction, self.subset_seed)
+        if self.in_memory:
+            return tuple(t[keep] for t in data)
+        return Subset(data, keep.tolist())
 
     def _check_tensors(self, key: str, images: Tensor, labels: Tensor) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:

@@ -6,10 +6,8 @@ from distill.losses.functional import (
     attention_transfer,
     explanation_matching,
     kd_loss,
-    map_cosine_similarity,
     match_map_sizes,
     normalize_maps,
-    top1_agreement,
 )
 from distill.losses.modules import AttentionTransferLoss, ExplanationMatchingLoss, KDLoss
 
@@ -24,8 +22,6 @@ __all__ = [
     "attention_transfer",
     "explanation_matching",
     "kd_loss",
-    "map_cosine_similarity",
     "match_map_sizes",
     "normalize_maps",
-    "top1_agreement",
 ]

@@ -19,8 +19,6 @@ __all__ = [
     "explanation_matching",
     "attention_map",
     "attention_transfer",
-    "top1_agreement",
-    "map_cosine_similarity",
 ]
 
 MapNormalization = Literal["none", "l2", "minmax"]
@@ -147,16 +145,3 @@ def attention_transfer(
     if form == "code":
         return diff.pow(2).mean()
     raise ValueError(f"unknown attention-transfer form {form!r}; choose one of {AT_FORMS}")
-
-
-def top1_agreement(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-    """Fraction of samples where student and teacher predict the same class."""
-    return (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
-
-
-def map_cosine_similarity(student_maps: Tensor, teacher_maps: Tensor) -> Tensor:
-    """Per-sample cosine similarity ``[B]`` of two sets of maps (resized to a common size)."""
-    student_maps, teacher_maps = match_map_sizes(student_maps, teacher_maps)
-    return F.cosine_similarity(
-        student_maps.flatten(1).float(), teacher_maps.flatten(1).float(), dim=1, eps=1e-8
-    )

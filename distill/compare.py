@@ -1,0 +1,297 @@
+"""Method comparison: one teacher, students under each loss, several seeds, one table.
+
+``python compare.py --config quickstart --seeds 0 1 2 [key=value ...]`` trains (or loads) the
+recipe's teacher once on the full training set, then a student per method and seed through
+``distill.pipeline.train`` (the overrides apply to every student: ``data.train_fraction=0.1``
+for scarce data, ``loss.map_normalize=l2`` for normalised maps, ``loss.map_weight=0.1``...),
+measures each student on the validation split, and writes ``results.json``, ``results.md``
+(mean and std over seeds) and ``results.png`` into ``<output_dir>/compare-<name>/<stamp>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from distill.cam import GradCAMPlusPlus
+from distill.config import ConfigError, load_config
+from distill.metrics import (
+    AverageDrop,
+    EnergyPointingGame,
+    IncreaseInConfidence,
+    Localization,
+    WinPercentage,
+    explanation_confidences,
+)
+
+__all__ = ["METHODS", "compare", "evaluate_student", "main"]
+
+WRN_GROUPS = "[{student: block1, teacher: block1}, {student: block2, teacher: block2}, {student: block3, teacher: block3}]"
+METHODS: dict[str, list[str]] = {
+    "ce": ["loss.kd_weight=0", "loss.map_weight=0"],
+    "kd": ["loss.map_weight=0"],
+    "at": [
+        "loss.kd_weight=0",
+        "loss.map_weight=0",
+        "loss.at_weight=1000",
+        f"loss.at_layers={WRN_GROUPS}",
+    ],
+    "gradcam": ["loss.kd_weight=0", "loss.map_method=gradcam"],
+    "gradcam_pp": ["loss.kd_weight=0"],
+    "kd_gradcam_pp": [],
+}
+"""Loss overrides of each method (on top of the recipe's ``loss`` section)."""
+
+LABELS = {
+    "ce": "CE",
+    "kd": "CE + KD",
+    "at": "CE + AT",
+    "gradcam": "CE + Grad-CAM maps",
+    "gradcam_pp": "CE + Grad-CAM++ maps",
+    "kd_gradcam_pp": "CE + KD + Grad-CAM++ maps",
+}
+COLUMNS = [
+    ("test_acc", "top-1 %", 100),
+    ("val_agreement", "agreement %", 100),
+    ("val_map_similarity", "map similarity", 1),
+    ("average_drop", "avg drop % (lower better)", 1),
+    ("increase_in_confidence", "increase in conf. %", 1),
+    ("win_vs_ce", "win % vs CE", 1),
+    ("localization", "Loc(0.5)", 1),
+    ("energy_pointing", "energy pointing", 1),
+]
+
+
+@torch.no_grad()
+def evaluate_student(
+    student: torch.nn.Module, dm: Any, batch_size: int = 256
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Faithfulness (and, with boxes, localisation) of the student's Grad-CAM++ maps for its
+    predicted class on the validation split.
+
+    Returns:
+        The metrics and the per-sample confidence drops (for Win %).
+    """
+    student = student.eval()
+    device = next(student.parameters()).device
+    dm.setup("validate")
+    images, labels = dm.fixed_val_batch(10**9)  # the whole split, in loader order
+    boxes = getattr(dm, "val_boxes", None)
+    drop, increase = AverageDrop(), IncreaseInConfidence()
+    loc, energy = (
+        Localization(delta=0.5, image_size=images.shape[-2:]),
+        EnergyPointingGame(image_size=images.shape[-2:]),
+    )
+    drops = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
+        predicted = student(batch).argmax(1)
+        maps = GradCAMPlusPlus(student)(batch, predicted)
+        y, o = explanation_confidences(student, batch, maps, predicted, mean=dm.mean, std=dm.std)
+        drop.update(y, o)
+        increase.update(y, o)
+        drops.append((y - o).clamp_min(0) / y.clamp_min(1e-12))
+        if boxes is not None:
+            batch_boxes = boxes[start : start + batch_size].to(device)
+            loc.update(maps, batch_boxes)
+            energy.update(maps, batch_boxes)
+    metrics = {
+        "average_drop": float(drop.compute()),
+        "increase_in_confidence": float(increase.compute()),
+        "localization": float(loc.compute()) if boxes is not None else float("nan"),
+        "energy_pointing": float(energy.compute()) if boxes is not None else float("nan"),
+    }
+    return metrics, torch.cat(drops).cpu()
+
+
+def _win_vs(drops: torch.Tensor, baseline: torch.Tensor) -> float:
+    """Win % of a method over a baseline from per-sample drops (ties count for neither)."""
+    win = WinPercentage()
+    # Win % compares drops; pass y = 1 and o = 1 - drop so that drop = max(0, y - o) / y.
+    ones = torch.ones_like(drops)
+    win.update(ones, ones - drops, ones - baseline)
+    return float(win.compute())
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def summarize(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean ± std over seeds for each method."""
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    header = ["method", "seeds", *(label for _, label, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        mine = [row for row in rows if row["method"] == method]
+        cells = [LABELS.get(method, method), str(len(mine))]
+        for key, _, scale in COLUMNS:
+            mean, std = _mean_std([row.get(key, float("nan")) * scale for row in mine])
+            cells.append("n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, key: str = "test_acc") -> None:
+    """Horizontal bars of mean top-1 per method with ±1 std whiskers and the seeds as dots."""
+    from PIL import Image, ImageDraw
+
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    values = {m: [100 * row[key] for row in rows if row["method"] == m] for m in methods}
+    low = min(min(v) for v in values.values())
+    high = max(max(v) for v in values.values())
+    low, high = max(0.0, low - 0.15 * (high - low + 1)), min(100.0, high + 0.15 * (high - low + 1))
+    width, left, bar_h, pad = 900, 260, 34, 14
+    height = pad * 2 + len(methods) * (bar_h + pad) + 30
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+
+    def x_of(value: float) -> float:
+        return left + (value - low) / max(high - low, 1e-9) * (width - left - 40)
+
+    for i, method in enumerate(methods):
+        top = pad + i * (bar_h + pad)
+        mean, std = _mean_std(values[method])
+        draw.text((10, top + bar_h / 3), LABELS.get(method, method), fill="black")
+        draw.rectangle([left, top, x_of(mean), top + bar_h], fill=(70, 130, 180))
+        draw.line(
+            [x_of(mean - std), top + bar_h / 2, x_of(mean + std), top + bar_h / 2],
+            fill="black",
+            width=2,
+        )
+        for v in values[method]:
+            draw.ellipse(
+                [x_of(v) - 3, top + bar_h / 2 - 3, x_of(v) + 3, top + bar_h / 2 + 3], fill="orange"
+            )
+        draw.text((x_of(mean) + 6, top + 2), f"{mean:.2f}", fill="black")
+    axis_y = height - 30
+    draw.line([left, axis_y, width - 40, axis_y], fill="black")
+    for k in range(6):
+        value = low + k * (high - low) / 5
+        draw.text((x_of(value) - 12, axis_y + 6), f"{value:.1f}", fill="black")
+    draw.text((10, axis_y + 6), "top-1 accuracy %", fill="black")
+    image.save(path)
+
+
+def compare(
+    config: str,
+    overrides: Sequence[str],
+    seeds: Sequence[int],
+    methods: Sequence[str],
+) -> tuple[list[dict[str, Any]], Path]:
+    """Train the teacher once, then every method at every seed; return the rows and folder."""
+    from distill.pipeline import train  # heavy imports
+
+    for method in methods:
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    base = load_config(config, list(overrides))
+    out = (
+        Path(base.output_dir)
+        / f"compare-{base.name}"
+        / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    )
+    out.mkdir(parents=True)
+    common = [*overrides, f"output_dir={out / 'runs'}"]
+    teacher_ckpt = base.teacher.checkpoint
+    if not (teacher_ckpt and Path(teacher_ckpt).is_file()):
+        teacher_ckpt = str(out / "teacher.ckpt")
+        train(
+            load_config(
+                config,
+                [
+                    *common,
+                    "stage=teacher",
+                    "data.train_fraction=1.0",
+                    f"teacher.checkpoint={teacher_ckpt}",
+                ],
+            )
+        )
+    (out / "settings.json").write_text(
+        json.dumps(
+            {
+                "config": config,
+                "overrides": list(overrides),
+                "seeds": list(seeds),
+                "methods": list(methods),
+                "teacher": teacher_ckpt,
+            },
+            indent=2,
+        )
+    )
+    rows: list[dict[str, Any]] = []
+    drops: dict[tuple[str, int], torch.Tensor] = {}
+    for seed in seeds:
+        for method in methods:
+            cfg: DictConfig = load_config(
+                config,
+                [
+                    *common,
+                    *METHODS[method],
+                    f"seed={seed}",
+                    "stage=student",
+                    f"teacher.checkpoint={teacher_ckpt}",
+                    f"name={method}-seed{seed}",
+                ],
+            )
+            summary, result = train(cfg)
+            student = summary["student"]
+            dm = result.trainers["student"].datamodule
+            metrics, drops[(method, seed)] = evaluate_student(result.student, dm)
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    **{k: v for k, v in student.items() if isinstance(v, int | float)},
+                    **metrics,
+                }
+            )
+            (out / "results.json").write_text(json.dumps(rows, indent=2))
+    for row in rows:
+        baseline = drops.get(("ce", row["seed"]))
+        row["win_vs_ce"] = (
+            float("nan")
+            if baseline is None or row["method"] == "ce"
+            else _win_vs(drops[(row["method"], row["seed"])], baseline)
+        )
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    table = summarize(rows)
+    note = f"config `{config}`, overrides `{' '.join(overrides) or '-'}`, seeds {list(seeds)}\n\n"
+    (out / "results.md").write_text(note + table + "\n")
+    plot(rows, out / "results.png")
+    return rows, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare distillation methods over seeds.")
+    parser.add_argument("--config", default="quickstart")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    args = parser.parse_args(argv)
+    try:
+        load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows, out = compare(args.config, args.overrides, args.seeds, args.methods)
+    print(f"\n{summarize(rows)}\n\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
