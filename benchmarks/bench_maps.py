@@ -88,7 +88,10 @@ def main() -> None:
                 return model(images)
 
         cam = GradCAMPlusPlus(model)
-        fns = {"forward": forward, "distill": lambda i=images, t=targets: distill_maps(cam, i, t)}
+        fns = {
+            "forward": forward,
+            "distill": lambda c=cam, i=images, t=targets: distill_maps(c, i, t),
+        }
         fns |= {
             name: (lambda fn=fn, i=images, t=targets: fn(model, i, t))
             for name, fn in others.items()
