@@ -1,6 +1,6 @@
 """Method comparison: one teacher, students under each loss, several seeds, one table.
 
-``python compare.py --config quickstart --seeds 0 1 2 [key=value ...]`` trains (or loads) the
+``python compare.py --config quickstart --seeds 0,1,2 [key=value ...]`` trains (or loads) the
 recipe's teacher once on the full training set, then a student per method and seed through
 ``distill.pipeline.train`` (the overrides apply to every student: ``data.train_fraction=0.1``
 for scarce data, ``loss.map_normalize=l2`` for normalised maps, ``loss.map_weight=0.1``...),
@@ -279,16 +279,23 @@ def compare(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare distillation methods over seeds.")
     parser.add_argument("--config", default="quickstart")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
     try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed]
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
         load_config(args.config, args.overrides)
-    except ConfigError as error:
+    except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows, out = compare(args.config, args.overrides, args.seeds, args.methods)
+    rows, out = compare(args.config, args.overrides, seeds, methods)
     print(f"\n{summarize(rows)}\n\nwritten to {out}")
     return 0
 

@@ -228,6 +228,33 @@ def _last_checkpoint(run_dir: Path, stage: str, resume: bool) -> str | None:
     return str(max(existing, key=lambda path: path.stat().st_mtime))
 
 
+def _fit_and_test(
+    cfg: DictConfig,
+    module: L.LightningModule,
+    dm: Any,
+    run_dir: Path,
+    stage: str,
+    resume: bool,
+    extra: list,
+) -> tuple[L.Trainer, dict]:
+    """Fit one stage (resuming if asked), test its best checkpoint, return its metrics."""
+    callbacks = [_map_callback(cfg, dm, run_dir, stage), *extra]
+    ckpt_path = _last_checkpoint(run_dir, stage, resume)
+    trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    last_val = _val_metrics(trainer)  # read before test() replaces the callback metrics
+    best = trainer.checkpoint_callback.best_model_path
+    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    metrics = {f"val_{key[4:]}": value for key, value in last_val.items()}
+    metrics |= {
+        "test_acc": tested[0]["test/acc"],
+        "test_acc5": tested[0]["test/acc5"],
+        "checkpoint": str(best),
+        "epochs": trainer.current_epoch,
+    }
+    return trainer, metrics
+
+
 def _train_teacher(
     cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
 ) -> dict:
@@ -243,27 +270,13 @@ def _train_teacher(
         mean=tuple(dm.mean),
         std=tuple(dm.std),
     )
-    callbacks = [_map_callback(cfg, dm, run_dir, "teacher"), *extra]
-    ckpt_path = _last_checkpoint(run_dir, "teacher", resume)
-    trainer = _trainer(cfg, run_dir, "teacher", cfg.teacher.epochs, callbacks)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    last_val = _val_metrics(trainer)
-    best = trainer.checkpoint_callback.best_model_path
-    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    trainer, metrics = _fit_and_test(cfg, module, dm, run_dir, "teacher", resume, extra)
     result.trainers["teacher"] = trainer
     result.teacher = model
-    metrics = {
-        "val_acc_best": last_val.get("val/acc_best", float("nan")),
-        "val_acc": last_val.get("val/acc", float("nan")),
-        "test_acc": tested[0]["test/acc"],
-        "test_acc5": tested[0]["test/acc5"],
-        "checkpoint": str(best),
-        "epochs": trainer.current_epoch,
-    }
     target = cfg.teacher.checkpoint
     if target and trainer.is_global_zero and not Path(target).exists():
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best, target)
+        shutil.copyfile(metrics["checkpoint"], target)
         metrics["saved_to"] = str(target)
     return metrics
 
@@ -330,27 +343,10 @@ def _train_student(
         mean=tuple(dm.mean),
         std=tuple(dm.std),
     )
-    callbacks = [_map_callback(cfg, dm, run_dir, "student"), *extra]
-    ckpt_path = _last_checkpoint(run_dir, "student", resume)
-    trainer = _trainer(cfg, run_dir, "student", cfg.student.epochs, callbacks)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    last_val = _val_metrics(trainer)
-    best = trainer.checkpoint_callback.best_model_path
-    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    trainer, metrics = _fit_and_test(cfg, module, dm, run_dir, "student", resume, extra)
     result.trainers["student"] = trainer
     result.teacher, result.student = teacher, student
-    return {
-        "val_acc_best": last_val.get("val/acc_best", float("nan")),
-        "val_acc": last_val.get("val/acc", float("nan")),
-        "val_agreement": last_val.get("val/agreement", float("nan")),
-        "val_map_similarity": last_val.get("val/map_similarity", float("nan")),
-        "val_teacher_acc": last_val.get("val/teacher_acc", float("nan")),
-        "test_acc": tested[0]["test/acc"],
-        "test_acc5": tested[0]["test/acc5"],
-        "checkpoint": str(best),
-        "teacher_checkpoint": str(teacher_path),
-        "epochs": trainer.current_epoch,
-    }
+    return metrics | {"teacher_checkpoint": str(teacher_path)}
 
 
 def _print_summary(summary: dict) -> None:

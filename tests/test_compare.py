@@ -46,3 +46,11 @@ def test_win_percentage_from_drops_and_summary_format():
     ]
     table = summarize(rows)
     assert "| CE + KD | 2 | 85.00 ± 7.07 | 50.00 ± 0.00 | 0.90 ± 0.00 | n/a |" in table
+
+
+def test_cli_rejects_bad_seeds_and_methods(capsys):
+    from distill.compare import main
+
+    assert main(["--seeds", "0,x"]) == 2
+    assert main(["--methods", "ce,magic"]) == 2
+    assert "magic" in capsys.readouterr().err

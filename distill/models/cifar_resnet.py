@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._head import PooledLinearClassifier
 from ._registry import ModelCfg, register_model
 
 __all__ = [
@@ -72,7 +73,7 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledLinearClassifier):
     """ResNet-(6n+2) for 32x32 inputs.
 
     ``cam_layer`` is the last block of ``layer3`` (e.g. ``"layer3.2"`` for resnet20):
@@ -87,8 +88,6 @@ class CifarResNet(nn.Module):
     Raises:
         ValueError: If the depth is invalid.
     """
-
-    has_pooled_linear_head: bool = True
 
     def __init__(self, depth: int, num_classes: int = 10, default_cfg: ModelCfg | None = None):
         super().__init__()
@@ -129,17 +128,6 @@ class CifarResNet(nn.Module):
         """Return the last block's (post-ReLU) output, ``[B, 64, H/4, W/4]``."""
         x = self.relu(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global-average-pool the map, then apply ``fc`` unless ``pre_logits``."""
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
 
 
 def _cifar_resnet(depth: int, **kwargs) -> CifarResNet:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ._head import PooledLinearClassifier
 from ._registry import ModelCfg, register_model
 
 __all__ = [
@@ -88,7 +89,7 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledLinearClassifier):
     """CIFAR WRN-``depth``-``widen_factor``.
 
     ``forward_features`` returns the post-``relu`` 8x8 map (at 32x32 input), which is
@@ -107,7 +108,6 @@ class WideResNet(nn.Module):
     """
 
     cam_layer: str = "relu"
-    has_pooled_linear_head: bool = True
 
     def __init__(
         self,
@@ -153,17 +153,6 @@ class WideResNet(nn.Module):
         x = self.conv1(x)
         x = self.block3(self.block2(self.block1(x)))
         return self.relu(self.bn1(x))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global-average-pool the map, then apply ``fc`` unless ``pre_logits``."""
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
 
 
 def _check_wrn_args(depth: int, widen_factor: int) -> None:
