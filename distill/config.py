@@ -265,9 +265,31 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"optim.milestones={milestones} must be increasing fractions of the epochs in (0, 1)"
         )
+    _validate_validation_epochs(cfg)
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.root must name the folder when data.name=imagefolder")
     _validate_models(cfg)
+
+
+def _validate_validation_epochs(cfg: DictConfig) -> None:
+    """Each stage that will train validates at its last epoch: the summary and the best
+    checkpoint are read from validation, and Lightning skips it unless the epoch count is a
+    multiple of ``trainer.check_val_every_n_epoch``."""
+    every = cfg.trainer.check_val_every_n_epoch
+    if every < 1:
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every} must be >= 1")
+    roles = ["teacher", "student"] if cfg.stage == "all" else [cfg.stage]
+    if "teacher" in roles and cfg.stage == "all" and cfg.teacher.checkpoint:
+        if Path(cfg.teacher.checkpoint).expanduser().is_file():
+            roles.remove("teacher")  # loaded, not trained
+    for role in roles:
+        epochs = cfg[role].epochs
+        if epochs % every:
+            raise ConfigError(
+                f"{role}.epochs={epochs} is not a multiple of "
+                f"trainer.check_val_every_n_epoch={every}: the last epoch would not be "
+                "validated; change either"
+            )
 
 
 def _validate_models(cfg: DictConfig) -> None:

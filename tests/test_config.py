@@ -59,12 +59,28 @@ def test_overrides_switch_variants():
         (["loss.map_distance=l3"], r"choose one of squared_l2, mse, l1, cosine"),
         (["nonsense"], r"key=value"),
         (["data.name=imagefolder"], r"data.root"),
+        (
+            ["trainer.check_val_every_n_epoch=3"],
+            r"teacher.epochs=10 is not a multiple of trainer.check_val_every_n_epoch=3",
+        ),
+        (
+            ["stage=student", "trainer.check_val_every_n_epoch=3"],
+            r"student.epochs=8 is not a multiple",
+        ),
+        (["trainer.check_val_every_n_epoch=0"], r"must be >= 1"),
     ],
 )
 def test_invalid_configs_raise_one_line(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
         load_config("quickstart", overrides)
     assert "\n" not in str(info.value)
+
+
+def test_loaded_teacher_needs_no_validation_schedule(tmp_path):
+    ckpt = tmp_path / "teacher.ckpt"
+    ckpt.write_bytes(b"")
+    overrides = ["trainer.check_val_every_n_epoch=4", f"teacher.checkpoint={ckpt}"]
+    assert load_config("quickstart", overrides).teacher.epochs == 10  # 10 % 4 != 0: not trained
 
 
 def test_missing_config_suggests_names():
