@@ -279,9 +279,11 @@ def _validate_validation_epochs(cfg: DictConfig) -> None:
     if every < 1:
         raise ConfigError(f"trainer.check_val_every_n_epoch={every} must be >= 1")
     roles = ["teacher", "student"] if cfg.stage == "all" else [cfg.stage]
-    if "teacher" in roles and cfg.stage == "all" and cfg.teacher.checkpoint:
-        if Path(cfg.teacher.checkpoint).expanduser().is_file():
-            roles.remove("teacher")  # loaded, not trained
+    teacher_loaded = (
+        bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).expanduser().is_file()
+    )
+    if cfg.stage == "all" and teacher_loaded:
+        roles.remove("teacher")  # loaded, not trained
     for role in roles:
         epochs = cfg[role].epochs
         if epochs % every:
