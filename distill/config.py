@@ -29,6 +29,7 @@ __all__ = [
     "find_config",
     "load_config",
     "list_configs",
+    "stages_to_train",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -271,6 +272,15 @@ def _validate(cfg: DictConfig) -> None:
     _validate_models(cfg)
 
 
+def stages_to_train(cfg: DictConfig) -> list[str]:
+    """The stages a run trains: ``stage=all`` skips the teacher when ``teacher.checkpoint``
+    names an existing file (it is loaded instead)."""
+    if cfg.stage != "all":
+        return [cfg.stage]
+    teacher_present = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).is_file()
+    return ["student"] if teacher_present else ["teacher", "student"]
+
+
 def _validate_validation_epochs(cfg: DictConfig) -> None:
     """Each stage that will train validates at its last epoch: the summary and the best
     checkpoint are read from validation, and Lightning skips it unless the epoch count is a
@@ -278,13 +288,7 @@ def _validate_validation_epochs(cfg: DictConfig) -> None:
     every = cfg.trainer.check_val_every_n_epoch
     if every < 1:
         raise ConfigError(f"trainer.check_val_every_n_epoch={every} must be >= 1")
-    roles = ["teacher", "student"] if cfg.stage == "all" else [cfg.stage]
-    teacher_loaded = (
-        bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).expanduser().is_file()
-    )
-    if cfg.stage == "all" and teacher_loaded:
-        roles.remove("teacher")  # loaded, not trained
-    for role in roles:
+    for role in stages_to_train(cfg):
         epochs = cfg[role].epochs
         if epochs % every:
             raise ConfigError(

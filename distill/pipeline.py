@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from distill.callbacks import FiniteLossGuard, InterruptCheckpoint, MapImageCallback
+from distill.config import stages_to_train
 from distill.data import build_datamodule
 from distill.lightning_modules import (
     CheckpointError,
@@ -421,9 +422,7 @@ def train(
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.update({"name": cfg.name, "run_dir": str(run_dir)})
 
-    teacher_present = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).is_file()
-    wants_teacher = cfg.stage == "teacher" or (cfg.stage == "all" and not teacher_present)
-    if wants_teacher and not summary.get("teacher", {}).get("done"):
+    if "teacher" in stages_to_train(cfg) and not summary.get("teacher", {}).get("done"):
         teacher = _train_teacher(cfg, dm, run_dir, result, resume, extra)
         summary["teacher"] = teacher | {"done": True}
         if is_rank_zero:
