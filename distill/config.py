@@ -256,7 +256,13 @@ def _validate(cfg: DictConfig) -> None:
     ):
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
-    for key in ("loss.temperature", "data.batch_size", "teacher.epochs", "student.epochs"):
+    for key in (
+        "loss.temperature",
+        "data.batch_size",
+        "teacher.epochs",
+        "student.epochs",
+        "trainer.check_val_every_n_epoch",
+    ):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be > 0")
     if not 0 < cfg.data.train_fraction <= 1:
@@ -285,9 +291,7 @@ def _validate_validation_epochs(cfg: DictConfig) -> None:
     """Each stage that will train validates at its last epoch: the summary and the best
     checkpoint are read from validation, and Lightning skips it unless the epoch count is a
     multiple of ``trainer.check_val_every_n_epoch``."""
-    every = cfg.trainer.check_val_every_n_epoch
-    if every < 1:
-        raise ConfigError(f"trainer.check_val_every_n_epoch={every} must be >= 1")
+    every = cfg.trainer.check_val_every_n_epoch  # > 0, checked with the other counts
     for role in stages_to_train(cfg):
         epochs = cfg[role].epochs
         if epochs % every:

@@ -67,7 +67,7 @@ def test_overrides_switch_variants():
             ["stage=student", "trainer.check_val_every_n_epoch=3"],
             r"student.epochs=8 is not a multiple",
         ),
-        (["trainer.check_val_every_n_epoch=0"], r"must be >= 1"),
+        (["trainer.check_val_every_n_epoch=0"], r"trainer.check_val_every_n_epoch=0 must be > 0"),
     ],
 )
 def test_invalid_configs_raise_one_line(overrides, pattern):
