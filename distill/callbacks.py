@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -16,7 +17,13 @@ from torchvision.utils import save_image
 from distill.cam import GradCAMPlusPlus
 from distill.visualize import map_grid
 
-__all__ = ["MapImageCallback", "FiniteLossGuard", "InterruptCheckpoint", "NonFiniteLossError"]
+__all__ = [
+    "MapImageCallback",
+    "FiniteLossGuard",
+    "InterruptCheckpoint",
+    "LastCheckpoint",
+    "NonFiniteLossError",
+]
 
 
 class MapImageCallback(Callback):
@@ -100,13 +107,47 @@ class FiniteLossGuard(Callback):
     ) -> None:
         if torch.isfinite(loss.detach()).all():
             return
-        checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+        last = [cb.path for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]
+        checkpoint = last[0] if last and last[0].is_file() else "none yet"
         raise NonFiniteLossError(
             f"training loss is {loss.detach().float().item()} at epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}; stopped before updating the weights. Last good "
             f"checkpoint: {checkpoint}. Try a lower optim.lr or loss weights, or "
             "trainer.gradient_clip_val"
         )
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` at the end of every training epoch (after its validation), whether or not
+    validation improved, written atomically (a kill during the write leaves the previous file).
+
+    Why not ``ModelCheckpoint(save_last=True)``: Lightning rewrites ``last.ckpt`` only when it
+    saves a top-k checkpoint at the same step, so after a hard kill a resume could go back
+    several epochs. (A resume from this checkpoint skips that epoch's scheduler step in
+    Lightning; the modules catch the schedule up in ``on_train_epoch_start``.)
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__()
+        self.path = Path(dirpath) / "last.ckpt"
+        self._saved_step = -1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write the trainer's state to ``last.ckpt`` (once per global step)."""
+        if trainer.global_step == self._saved_step:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        trainer.strategy.barrier("last_checkpoint")
+        self._saved_step = trainer.global_step
 
 
 class InterruptCheckpoint(Callback):

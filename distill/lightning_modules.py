@@ -78,10 +78,28 @@ class _ClassificationModule(L.LightningModule):
         raise NotImplementedError
 
     def on_train_start(self) -> None:
-        # The sanity check must not count towards the best validation accuracy.
+        # Drop what the sanity check accumulated. ``val_acc_best`` is left alone: the sanity
+        # check never updates it, and a resumed run has just restored it.
         self.val_loss.reset()
         self.val_acc.reset()
+
+    def on_train_epoch_start(self) -> None:
+        # A run resumed from a checkpoint written at an epoch's end does not get that epoch's
+        # scheduler step from Lightning: catch up, so the learning rate is a function of the
+        # epoch whether or not the run was interrupted.
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == "epoch":
+                while config.scheduler.last_epoch < self.current_epoch:
+                    config.scheduler.step()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["val_acc_best"] = float(self.val_acc_best.max_value)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        best = checkpoint.get("val_acc_best", float("-inf"))
         self.val_acc_best.reset()
+        if best > float("-inf"):
+            self.val_acc_best.update(torch.tensor(best))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch[0], batch[1]
@@ -123,6 +141,8 @@ class _ClassificationModule(L.LightningModule):
             self.log("val/energy_pointing", self.val_energy_pointing, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a few batches of an untrained model: not a result
+            return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
@@ -236,6 +256,7 @@ class DistillModule(_ClassificationModule):
         return out.loss.detach(), out.logits.detach()
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         self.distiller.teacher.eval()  # Lightning calls .train() on the whole module
 
 

@@ -30,7 +30,12 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from distill.callbacks import FiniteLossGuard, InterruptCheckpoint, MapImageCallback
+from distill.callbacks import (
+    FiniteLossGuard,
+    InterruptCheckpoint,
+    LastCheckpoint,
+    MapImageCallback,
+)
 from distill.config import stages_to_train
 from distill.data import build_datamodule
 from distill.lightning_modules import (
@@ -147,24 +152,37 @@ def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
         cache_dir=data.cache_dir,
         train_fraction=data.train_fraction,
         subset_seed=data.subset_seed,
+        val_fraction=data.val_fraction,
         return_boxes=cfg.logging.explanation_metrics,
         seed=cfg.seed,
     )
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks: list) -> L.Trainer:
+def _checkpoints(stage_dir: Path, holdout: bool) -> list[L.Callback]:
+    """``last.ckpt`` after every epoch (a resume never goes back more than one epoch); with a
+    holdout also ``best.ckpt``, the best validation accuracy on the holdout. Without one
+    nothing is selected: validation runs on the test split."""
+    last = LastCheckpoint(stage_dir)
+    if not holdout:
+        return [last]
+    best = ModelCheckpoint(
+        dirpath=stage_dir,
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    return [best, last]
+
+
+def _trainer(
+    cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks: list, holdout: bool
+) -> L.Trainer:
     callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage, run_dir), *callbacks]
     loggers, mode = build_loggers(cfg.logging.wandb, run_dir, stage, cfg.logging.project, cfg.name)
     if mode == "offline":
         print(f"wandb is offline: upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`")
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / stage,
-        filename="best",
-        monitor="val/acc",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
     t = cfg.trainer
     return L.Trainer(
         max_epochs=epochs,
@@ -182,7 +200,11 @@ def _trainer(cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks:
         gradient_clip_val=t.gradient_clip_val,
         sync_batchnorm=t.sync_batchnorm,
         logger=loggers,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *callbacks],
+        callbacks=[
+            *_checkpoints(run_dir / stage, holdout),
+            LearningRateMonitor(logging_interval="epoch"),
+            *callbacks,
+        ],
         default_root_dir=str(run_dir),
         # Map similarity and map callbacks may need autograd inside validation.
         inference_mode=False,
@@ -238,22 +260,38 @@ def _fit_and_test(
     resume: bool,
     extra: list,
 ) -> tuple[L.Trainer, dict]:
-    """Fit one stage (resuming if asked), test its best checkpoint, return its metrics."""
+    """Fit one stage (resuming if asked), then test once the checkpoint the protocol selects:
+    the best on the holdout, or the last one when there is no holdout."""
     callbacks = [_map_callback(cfg, dm, run_dir, stage), *extra]
     ckpt_path = _last_checkpoint(run_dir, stage, resume)
-    trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks)
+    holdout = dm.has_holdout
+    trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks, holdout)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     last_val = _val_metrics(trainer)  # read before test() replaces the callback metrics
-    best = trainer.checkpoint_callback.best_model_path
-    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    selected = _selected_checkpoint(trainer, holdout)
+    tested = trainer.test(module, datamodule=dm, ckpt_path=str(selected), verbose=False)
     metrics = {f"val_{key[4:]}": value for key, value in last_val.items()}
     metrics |= {
         "test_acc": tested[0]["test/acc"],
         "test_acc5": tested[0]["test/acc5"],
-        "checkpoint": str(best),
+        "selected_on": "holdout" if holdout else "last",
+        "val_split": "holdout" if holdout else "test",
+        "checkpoint": str(selected),
         "epochs": trainer.current_epoch,
     }
     return trainer, metrics
+
+
+def _selected_checkpoint(trainer: L.Trainer, holdout: bool) -> Path:
+    """The checkpoint the stage reports: ``best.ckpt`` (holdout) or ``last.ckpt``."""
+    (last,) = (cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
+    chosen = str(last.path)
+    if holdout:
+        (best,) = (cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
+        chosen = best.best_model_path
+    if not chosen or not Path(chosen).is_file():
+        raise RuntimeError(f"no checkpoint was written under {trainer.default_root_dir}")
+    return Path(chosen)
 
 
 def _train_teacher(
@@ -282,10 +320,10 @@ def _train_teacher(
     return metrics
 
 
-def _teacher_checkpoint(cfg: DictConfig, run_dir: Path) -> Path:
-    trained = run_dir / "teacher" / "best.ckpt"
+def _teacher_checkpoint(cfg: DictConfig, run_dir: Path, summary: dict) -> Path:
     if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():
         return Path(cfg.teacher.checkpoint)
+    trained = Path(summary.get("teacher", {}).get("checkpoint", run_dir / "teacher" / "best.ckpt"))
     if trained.is_file():
         return trained
     raise CheckpointError(
@@ -325,9 +363,15 @@ def _distiller(
 
 
 def _train_student(
-    cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
+    cfg: DictConfig,
+    dm: Any,
+    run_dir: Path,
+    result: RunResult,
+    resume: bool,
+    extra: list,
+    summary: dict,
 ) -> dict:
-    teacher_path = _teacher_checkpoint(cfg, run_dir)
+    teacher_path = _teacher_checkpoint(cfg, run_dir, summary)
     teacher = load_classifier(
         teacher_path, expected_name=cfg.teacher.name, expected_classes=dm.num_classes
     )
@@ -356,6 +400,8 @@ def _print_summary(summary: dict) -> None:
         for key, value in summary.get(stage, {}).items():
             if isinstance(value, float):
                 rows.append((f"{stage}.{key}", f"{value:.4f}"))
+            elif key in ("selected_on", "val_split"):
+                rows.append((f"{stage}.{key}", str(value)))
     width = max((len(k) for k, _ in rows), default=10)
     print("\n" + "-" * (width + 12))
     print(f"{'metric'.ljust(width)}  value")
@@ -429,7 +475,7 @@ def train(
             summary_path.write_text(json.dumps(summary, indent=2))
     if cfg.stage in ("student", "all"):
         L.seed_everything(cfg.seed, workers=True)
-        student = _train_student(cfg, dm, run_dir, result, resume, extra)
+        student = _train_student(cfg, dm, run_dir, result, resume, extra, summary)
         summary["student"] = student | {"done": True}
     summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + time.time() - start
     if is_rank_zero:

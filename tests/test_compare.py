@@ -32,8 +32,10 @@ def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_override
         assert 0 <= row["average_drop"] <= 100 and 0 <= row["increase_in_confidence"] <= 100
         assert 0 <= row["localization"] <= 1 and 0 <= row["energy_pointing"] <= 1
         assert math.isnan(row["win_vs_ce"]) == (row["method"] == "ce")
+        assert (row["selected_on"], row["val_split"]) == ("holdout", "holdout")
     table = (out / "results.md").read_text()
-    assert "| CE + Grad-CAM++ maps | 2 |" in table and "| CE + AT | 2 |" in table
+    assert "| CE + Grad-CAM++ maps | 2 | holdout |" in table and "| CE + AT | 2 | holdout |" in table
+    assert "measured once on the test split" in table
 
 
 def test_win_percentage_from_drops_and_summary_format():
@@ -41,11 +43,33 @@ def test_win_percentage_from_drops_and_summary_format():
     baseline = torch.tensor([0.2, 0.4, 0.0, 0.6])
     assert _win_vs(drops, baseline) == 50.0  # wins on samples 0 and 3; tie on 2
     rows = [
-        {"method": "kd", "seed": s, "test_acc": a, "val_agreement": 0.5, "val_map_similarity": 0.9}
+        {
+            "method": "kd",
+            "seed": s,
+            "selected_on": "last",
+            "test_acc": a,
+            "val_agreement": 0.5,
+            "val_map_similarity": 0.9,
+        }
         for s, a in ((0, 0.80), (1, 0.90))
     ]
     table = summarize(rows)
-    assert "| CE + KD | 2 | 85.00 ± 7.07 | 50.00 ± 0.00 | 0.90 ± 0.00 | n/a |" in table
+    assert "| CE + KD | 2 | last | 85.00 ± 7.07 | 50.00 ± 0.00 | 0.90 ± 0.00 | n/a |" in table
+
+
+def test_methods_use_the_fields_kd_and_add_maps_on_top_of_it():
+    from distill.compare import METHODS
+    from distill.config import load_config
+
+    def weights(method):
+        loss = load_config("quickstart", METHODS[method]).loss
+        return loss.ce_weight, loss.kd_weight, loss.temperature, loss.map_weight, loss.at_weight
+
+    assert weights("ce") == (1.0, 0.0, 4.0, 0.0, 0.0)
+    assert weights("kd") == (0.1, 0.9, 4.0, 0.0, 0.0)
+    assert weights("kd_gradcam_pp") == (0.1, 0.9, 4.0, 0.01, 0.0)  # the same KD, plus maps
+    assert weights("gradcam_pp") == (1.0, 0.0, 4.0, 0.01, 0.0)
+    assert weights("at") == (1.0, 0.0, 4.0, 0.0, 1000.0)
 
 
 def test_cli_rejects_bad_seeds_and_methods(capsys):

@@ -159,7 +159,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, tmp_path)
     last = run_dir / "teacher" / "last.ckpt"
     assert str(last) in str(info.value)
     state = torch.load(last, map_location="cpu", weights_only=False)
-    assert state["epoch"] == 0  # written at the end of the first epoch, not after the NaN
+    assert (state["epoch"], state["global_step"]) == (0, 3)  # end of epoch 0, not after the NaN
     assert all(
         torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
     )
@@ -199,25 +199,54 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(tiny_overrides, tmp_path, signum):
-    overrides = [
-        *tiny_overrides,
-        "stage=teacher",
-        "teacher.epochs=2",
-        "trainer.deterministic=true",
-        "optim.schedule=multistep",
-    ]
-    reference_out = tmp_path / "reference"
-    train(load_config("quickstart", [*overrides, f"output_dir={reference_out}"]))
-    (reference_dir,) = (reference_out / "quickstart").iterdir()
+RESUME_OVERRIDES = [
+    "stage=teacher",
+    "teacher.epochs=3",
+    "trainer.deterministic=true",
+    "optim.schedule=multistep",
+]
+
+
+def _reference_run(overrides: list[str], out: Path) -> tuple[dict, Path]:
+    summary, _ = train(load_config("quickstart", [*overrides, f"output_dir={out}"]))
+    (run_dir,) = (out / "quickstart").iterdir()
+    return summary, run_dir
+
+
+def _assert_same_run(run_dir: Path, summary: dict, reference_dir: Path, reference: dict) -> None:
+    """Same final weights, bit for bit, and the same best validation accuracy."""
+    for name in ("last.ckpt", "best.ckpt"):
+        resumed, expected = _weights(run_dir / "teacher" / name), _weights(
+            reference_dir / "teacher" / name
+        )
+        assert resumed.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+    last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(reference_dir / "teacher" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == final["global_step"] == 3 * 3  # 3 epochs of 3 batches
+    for key in ("epochs", "val_acc", "val_acc_best", "test_acc"):
+        assert summary["teacher"][key] == reference["teacher"][key], key
+
+
+@pytest.mark.parametrize(
+    "signum, seed", [(signal.SIGTERM, 0), (signal.SIGINT, 2), (signal.SIGTERM, 3)]
+)
+def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(
+    tiny_overrides, tmp_path, signum, seed
+):
+    overrides = [*tiny_overrides, *RESUME_OVERRIDES, f"seed={seed}"]
+    reference, reference_dir = _reference_run(overrides, tmp_path / "reference")
 
     cfg = load_config("quickstart", overrides)
     previous = signal.getsignal(signal.SIGINT)
+    # A process started in the background without job control inherits SIGINT as ignored, and
+    # the signal would be dropped: install the handler that Ctrl-C relies on.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         expected = SIGTERMException if signum == signal.SIGTERM else SystemExit
         with pytest.raises(expected):
-            train(cfg, callbacks=[SignalAt(epoch=1, batch=0, signum=signum)])
+            train(cfg, callbacks=[SignalAt(epoch=1, batch=1, signum=signum)])
     finally:
         signal.signal(signal.SIGINT, previous)  # Lightning ignores further Ctrl-C on shutdown
     (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
@@ -226,14 +255,46 @@ def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(tiny_overrides, t
     assert torch.load(interrupted, map_location="cpu", weights_only=False)["epoch"] == 1
 
     summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
-    assert summary["teacher"]["epochs"] == 2
-    resumed, reference = (
-        _weights(run_dir / "teacher" / "last.ckpt"),
-        _weights(reference_dir / "teacher" / "last.ckpt"),
+    _assert_same_run(run_dir, summary, reference_dir, reference)
+
+
+HARD_KILL_SCRIPT = """
+import os, signal, sys
+import lightning as L
+from distill.config import load_config
+from distill.pipeline import train
+
+class KillAt(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 2 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # no handler runs, nothing is saved
+
+train(load_config("quickstart", sys.argv[1:]), callbacks=[KillAt()])
+"""
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_resume_after_a_hard_kill_continues_from_the_last_epoch(tiny_overrides, tmp_path, seed):
+    """SIGKILL in epoch 2 leaves no interrupted.ckpt: the resume starts from last.ckpt, which
+    must be the end of epoch 1 even when epoch 1 did not improve the holdout accuracy."""
+    overrides = [*tiny_overrides, *RESUME_OVERRIDES, f"seed={seed}"]
+    reference, reference_dir = _reference_run(overrides, tmp_path / "reference")
+    env = {k: v for k, v in os.environ.items() if k != "DISTILL_RUN_DIR"}
+    killed = subprocess.run(
+        [sys.executable, "-c", HARD_KILL_SCRIPT, *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
-    assert resumed.keys() == reference.keys()
-    for key in reference:
-        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
+    assert not (run_dir / "teacher" / "interrupted.ckpt").exists()
+    last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 2 * 3)  # the end of epoch 1 (3 batches)
+
+    summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
+    _assert_same_run(run_dir, summary, reference_dir, reference)
 
 
 # ---- run directories ------------------------------------------------------------------------

@@ -227,9 +227,13 @@ class IndexBatchSampler(ShardedIndexSampler):
         """Make the next iteration be over ``epoch``, skipping its first ``batches`` batches.
 
         Lightning restores this state and then creates the epoch's iterator before it calls
-        ``set_epoch``, so the epoch is set here too.
+        ``set_epoch``, so the epoch is set here too. A state saved at an epoch's end (every
+        batch yielded) continues with the next epoch.
         """
-        self._resume_at = (int(epoch), int(batches))
+        epoch, batches = int(epoch), int(batches)
+        if batches >= len(self):
+            epoch, batches = epoch + 1, 0
+        self._resume_at = (epoch, batches)
         self.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Tensor]:  # type: ignore[override]
@@ -313,10 +317,13 @@ class _SeededTransformDataset(Dataset):
     :class:`ShardedIndexSampler`) or plain indices (epoch 0).
     """
 
-    def __init__(self, base: Dataset, transform: Callable[[Any], Any], seed: int) -> None:
+    def __init__(
+        self, base: Dataset, transform: Callable[[Any], Any], seed: int, keep: int | None = None
+    ) -> None:
         self.base = base
         self.transform = transform
         self.seed = int(seed)
+        self.keep = keep  # items per sample to return (drops extras a split does not use)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -327,7 +334,7 @@ class _SeededTransformDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_mix_seed(self.seed, epoch, index))
             img = self.transform(item[0])
-        return (img, *item[1:])
+        return (img, *item[1 : self.keep])
 
 
 def balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
@@ -345,6 +352,35 @@ def balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Base datamodule
 # --------------------------------------------------------------------------------------------
+
+
+def holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Split indices ``0..N-1`` into ``(train, holdout)``: the holdout is a class-balanced,
+    seeded ``fraction`` of every class (:func:`balanced_subset`), the rest trains.
+
+    Why: checkpoints must be selected on images that are neither trained on nor tested on.
+    """
+    holdout = balanced_subset(labels, fraction, _mix_seed(seed, 0x0DA7A))
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[holdout] = False
+    return keep.nonzero().flatten(), holdout
+
+
+def _labels_of(data: Any) -> Tensor:
+    """Labels of a split's storage: a tensor tuple, a ``Subset`` or a torchvision dataset."""
+    if isinstance(data, tuple):
+        return data[1]
+    if isinstance(data, Subset):
+        return _labels_of(data.dataset)[torch.as_tensor(data.indices, dtype=torch.long)]
+    targets = getattr(data, "targets", None)
+    return torch.as_tensor(targets if targets is not None else data.labels)
+
+
+def _take(data: Any, index: Tensor) -> Any:
+    """The samples ``index`` of a split's storage (tensors or a Dataset)."""
+    if isinstance(data, tuple):
+        return tuple(t[index] for t in data)
+    return Subset(data, index.tolist())
 
 
 def _resize_uint8(images: Tensor, size: int) -> Tensor:
@@ -381,8 +417,12 @@ class ImageDataModule(L.LightningDataModule):
         std: Per-channel normalisation std; subclass default if ``None``.
         train_fraction: Keep this share of every class of the training split (a class-balanced
             subset, the same for every run with the same ``subset_seed``): data-scarce
-            experiments.
-        subset_seed: Seed of that subset, independent of ``seed``.
+            experiments. Taken after the holdout is removed.
+        subset_seed: Seed of that subset and of the holdout, independent of ``seed``.
+        val_fraction: Hold out this class-balanced share of the training split as the
+            validation split (checkpoint selection, curves); the test split is then used only
+            for the final test. ``0``: no holdout, validation runs on the test split and nothing
+            may be selected on it.
     """
 
     default_mean: tuple[float, ...] = CIFAR10_MEAN
@@ -404,10 +444,14 @@ class ImageDataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
         train_fraction: float = 1.0,
         subset_seed: int = 0,
+        val_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0 < train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.val_fraction = float(val_fraction)
         self.train_fraction = float(train_fraction)
         self.subset_seed = int(subset_seed)
         if batch_size < 1:
@@ -428,6 +472,8 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_augment = BatchAugment(self.padding, flip=True, generator=self.seed)
         self._train_sampler: IndexBatchSampler | None = None
         self._data: dict[str, Any] = {}  # storage key -> tuple of tensors or a Dataset
+        self._views: dict[str, Any] = {}  # split -> its samples (a view of a storage key)
+        self._holdout: tuple[Tensor, Tensor] | None = None
         self._classes: list[str] | None = None
         self._image_hw: tuple[int, int] | None = None
 
@@ -488,6 +534,20 @@ class ImageDataModule(L.LightningDataModule):
         """Val/test batch size of each process."""
         return self._per_device(self.eval_batch_size)
 
+    @property
+    def has_holdout(self) -> bool:
+        """Whether validation runs on a holdout of the training split (not on the test split)."""
+        return self.val_fraction > 0
+
+    def holdout_indices(self) -> tuple[Tensor, Tensor]:
+        """``(train, holdout)`` indices into the full training split (``val_fraction > 0``)."""
+        if not self.has_holdout:
+            raise RuntimeError("no holdout: val_fraction is 0")
+        if self._holdout is None:
+            labels = _labels_of(self._storage(self._split_key("train")))
+            self._holdout = holdout_split(labels, self.val_fraction, self.subset_seed)
+        return self._holdout
+
     # ---- subclass hooks ----------------------------------------------------------------------
 
     def _split_key(self, split: str) -> str:
@@ -522,10 +582,8 @@ class ImageDataModule(L.LightningDataModule):
         for split in needs:
             self._split(split)
 
-    def _split(self, split: str) -> Any:
-        if split not in _SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS}")
-        key = self._split_key(split)
+    def _storage(self, key: str) -> Any:
+        """The decoded (in-memory) or lazily read (classic) data of a storage key, loaded once."""
         if key not in self._data:
             if self.in_memory:
                 tensors = self._load_tensors(key)
@@ -536,21 +594,30 @@ class ImageDataModule(L.LightningDataModule):
                 self._data[key] = (images, *tensors[1:])
             else:
                 self._data[key] = self._load_pil_dataset(key)
-            if split == "train" and self.train_fraction < 1:
-                self._data[key] = self._subset(self._data[key])
         return self._data[key]
+
+    def _split(self, split: str) -> Any:
+        """The samples of ``split``: train (minus the holdout, then ``train_fraction``), val
+        (the holdout, or the test data without one) or test."""
+        if split not in _SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS}")
+        if split not in self._views:
+            if split == "test" or (split == "val" and not self.has_holdout):
+                data = self._storage(self._split_key(split))
+            else:
+                data = self._storage(self._split_key("train"))
+                if self.has_holdout:
+                    train, holdout = self.holdout_indices()
+                    data = _take(data, holdout if split == "val" else train)
+                if split == "train" and self.train_fraction < 1:
+                    data = self._subset(data)
+            self._views[split] = data
+        return self._views[split]
 
     def _subset(self, data: Any) -> Any:
         """The class-balanced ``train_fraction`` of a split (tensors or a Dataset)."""
-        if self.in_memory:
-            labels = data[1]
-        else:
-            targets = getattr(data, "targets", None)
-            labels = torch.as_tensor(targets if targets is not None else data.labels)
-        keep = balanced_subset(labels, self.train_fraction, self.subset_seed)
-        if self.in_memory:
-            return tuple(t[keep] for t in data)
-        return Subset(data, keep.tolist())
+        keep = balanced_subset(_labels_of(data), self.train_fraction, self.subset_seed)
+        return _take(data, keep)
 
     def _check_tensors(self, key: str, images: Tensor, labels: Tensor) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
@@ -598,6 +665,7 @@ class ImageDataModule(L.LightningDataModule):
             )
             if train:
                 self._train_sampler = sampler
+                self._start_at_fit_epoch(sampler)
             return ResumableDataLoader(
                 TensorBatchDataset(*data[:n_keep]),
                 batch_size=None,
@@ -605,10 +673,14 @@ class ImageDataModule(L.LightningDataModule):
                 num_workers=0,
                 pin_memory=self.pin_memory,
             )
-        dataset = _SeededTransformDataset(data, self._classic_transform(train), self.seed)
+        dataset = _SeededTransformDataset(
+            data, self._classic_transform(train), self.seed, keep=2 + self._extras(split)
+        )
         sampler = ShardedIndexSampler(
             len(dataset), shuffle=train, seed=self.seed, num_replicas=world, rank=rank
         )
+        if train:
+            self._start_at_fit_epoch(sampler)
         return DataLoader(
             dataset,
             batch_size=bs,
@@ -618,6 +690,17 @@ class ImageDataModule(L.LightningDataModule):
             drop_last=train and self.drop_last,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _start_at_fit_epoch(self, sampler: ShardedIndexSampler) -> None:
+        """Start a new training sampler at the epoch the trainer's fit loop is in.
+
+        Why: a run resumed from a checkpoint written at an epoch's end iterates the new loader
+        before Lightning calls ``set_epoch`` (and restores no mid-epoch state), so it would
+        replay epoch 0's order and augmentation.
+        """
+        fit_loop = getattr(self.trainer, "fit_loop", None)
+        if fit_loop is not None:
+            sampler.set_epoch(fit_loop.epoch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, sharded training batches (uint8 in-memory, normalised float classic)."""
@@ -636,16 +719,20 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def fixed_val_batch(self, n: int) -> tuple[Tensor, Tensor]:
-        """A fixed, class-diverse set of ``n`` validation samples for plots (e.g. CAM grids).
+        """A fixed, class-diverse set of ``n`` validation samples for plots (e.g. CAM grids)."""
+        return self.fixed_batch(n, "val")
 
-        Takes evenly spaced indices over the validation split (which is class-sorted for
-        ImageFolder and shapes), so the same images come back on every call and every run.
-        Loads the split if needed.
+    def fixed_batch(self, n: int, split: str = "val") -> tuple[Tensor, Tensor]:
+        """A fixed, class-diverse set of ``n`` samples of an evaluation split.
+
+        Takes evenly spaced indices over the split (which is class-sorted for ImageFolder and
+        shapes, and so is the holdout), so the same images come back on every call and every
+        run. Loads the split if needed; ``n`` larger than the split gives the whole split.
 
         Returns:
             Normalised float images ``[n, 3, H, W]`` and int64 labels ``[n]``, on the CPU.
         """
-        data = self._split("val")
+        data = self._split(split)
         total = len(data[0]) if self.in_memory else len(data)
         n = max(0, min(int(n), total))
         idx = (torch.arange(n) * total) // max(n, 1)
@@ -1072,12 +1159,13 @@ class _CheckedLoader:
 class ShapesDataModule(ImageDataModule):
     """The procedural shapes set (:func:`distill.data.shapes.make_shapes`), with boxes/masks.
 
-    The data depends only on ``data_seed`` (train) and a seed derived from it (val = test), so
-    runs with different ``seed`` (shuffling/augmentation) train on the same images.
+    The data depends only on ``data_seed`` (train) and a seed derived from it (test), so runs
+    with different ``seed`` (shuffling/augmentation) train on the same images. Validation is
+    the test set, or with ``val_fraction > 0`` a holdout of the training set.
 
     Args:
         num_train: Training images.
-        num_val: Validation (= test) images.
+        num_val: Test images (also the validation images when there is no holdout).
         data_seed: Seed of the generated images.
         image_size: Generated image size (square).
         return_boxes: Val/test batches are ``(images, labels, boxes, masks)`` instead of
@@ -1132,19 +1220,31 @@ class ShapesDataModule(ImageDataModule):
     def _load_pil_dataset(self, key: str) -> Dataset:
         d = self._generate(key)
         self._image_hw = (self.shape_size, self.shape_size)
-        if self.return_boxes and key != "train":
+        if self.return_boxes:  # the holdout of the training split needs them too
             return _TensorImageDataset(d.images, d.labels, d.boxes, d.masks)
         return _TensorImageDataset(d.images, d.labels)
 
+    def split_extras(self, split: str) -> tuple[Tensor, Tensor]:
+        """int64 ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` and bool ``[N, H, W]`` object masks of an
+        evaluation split (``"val"`` or ``"test"``), in loader order."""
+        if split == "val" and self.has_holdout:
+            d = self._generate("train")
+            holdout = self.holdout_indices()[1]
+            return d.boxes[holdout], d.masks[holdout]
+        if split not in ("val", "test"):
+            raise ValueError(f"boxes exist for the evaluation splits val and test, not {split!r}")
+        d = self._generate("test")
+        return d.boxes, d.masks
+
     @property
     def val_boxes(self) -> Tensor:
-        """int64 ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` of the val/test split, in loader order."""
-        return self._generate("test").boxes
+        """int64 ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` of the validation split, in loader order."""
+        return self.split_extras("val")[0]
 
     @property
     def val_masks(self) -> Tensor:
-        """bool ``[N, H, W]`` object masks of the val/test split, in loader order."""
-        return self._generate("test").masks
+        """bool ``[N, H, W]`` object masks of the validation split, in loader order."""
+        return self.split_extras("val")[1]
 
 
 # --------------------------------------------------------------------------------------------
