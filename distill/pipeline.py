@@ -278,6 +278,7 @@ def _fit_and_test(
         "val_split": "holdout" if holdout else "test",
         "checkpoint": str(selected),
         "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
     }
     return trainer, metrics
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -34,7 +35,9 @@ def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_override
         assert math.isnan(row["win_vs_ce"]) == (row["method"] == "ce")
         assert (row["selected_on"], row["val_split"]) == ("holdout", "holdout")
     table = (out / "results.md").read_text()
-    assert "| CE + Grad-CAM++ maps | 2 | holdout |" in table and "| CE + AT | 2 | holdout |" in table
+    assert (
+        "| CE + Grad-CAM++ maps | 2 | holdout |" in table and "| CE + AT | 2 | holdout |" in table
+    )
     assert "measured once on the test split" in table
 
 
@@ -78,3 +81,33 @@ def test_cli_rejects_bad_seeds_and_methods(capsys):
     assert main(["--seeds", "0,x"]) == 2
     assert main(["--methods", "ce,magic"]) == 2
     assert "magic" in capsys.readouterr().err
+
+
+def test_convergence_table_and_plot_from_results(tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        "convergence", Path(__file__).resolve().parent.parent / "benchmarks" / "convergence.py"
+    )
+    convergence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convergence)
+    folders = []
+    for epochs, accs in ((40, (0.5, 0.6)), (160, (0.8, 0.9))):
+        folder = tmp_path / f"e{epochs}"
+        folder.mkdir()
+        rows = [
+            {"method": m, "seed": s, "epochs": epochs, "test_acc": a + (0.05 if m == "kd" else 0)}
+            for m in ("ce", "kd")
+            for s, a in enumerate(accs)
+        ]
+        (folder / "results.json").write_text(json.dumps(rows))
+        folders.append(folder)
+    assert convergence.main(["--results", *map(str, folders), "--steps-per-epoch", "3"]) == 0
+    text = (folders[0] / "convergence.md").read_text()
+    assert "| method | 40 epochs (120 steps) | 160 epochs (480 steps) |" in text
+    assert "| CE | 55.0 ± 7.1 (n=2) | 85.0 ± 7.1 (n=2) |" in text
+    assert "| CE + KD | 60.0 ± 7.1 (n=2) | 90.0 ± 7.1 (n=2) |" in text
+    with Image.open(folders[0] / "convergence.png") as image:
+        assert image.size == (900, 520)

@@ -216,8 +216,9 @@ def _reference_run(overrides: list[str], out: Path) -> tuple[dict, Path]:
 def _assert_same_run(run_dir: Path, summary: dict, reference_dir: Path, reference: dict) -> None:
     """Same final weights, bit for bit, and the same best validation accuracy."""
     for name in ("last.ckpt", "best.ckpt"):
-        resumed, expected = _weights(run_dir / "teacher" / name), _weights(
-            reference_dir / "teacher" / name
+        resumed, expected = (
+            _weights(run_dir / "teacher" / name),
+            _weights(reference_dir / "teacher" / name),
         )
         assert resumed.keys() == expected.keys()
         for key in expected:
