@@ -37,6 +37,7 @@ from distill.callbacks import (
     MapImageCallback,
 )
 from distill.config import stages_to_train
+from distill.console import quiet_lightning, warn_small_cam_layers
 from distill.data import build_datamodule
 from distill.lightning_modules import (
     CheckpointError,
@@ -262,7 +263,11 @@ def _fit_and_test(
 ) -> tuple[L.Trainer, dict]:
     """Fit one stage (resuming if asked), then test once the checkpoint the protocol selects:
     the best on the holdout, or the last one when there is no holdout."""
-    callbacks = [_map_callback(cfg, dm, run_dir, stage), *extra]
+    callbacks = [_map_callback(cfg, dm, run_dir, stage), *extra]  # loads the validation split
+    models = module.explained_models()
+    warn_small_cam_layers(
+        {stage if k == "model" else k: m for k, m in models.items()}, dm.image_shape
+    )
     ckpt_path = _last_checkpoint(run_dir, stage, resume)
     holdout = dm.has_holdout
     trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks, holdout)
@@ -451,6 +456,7 @@ def train(
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoints are kept).
     """
     start = time.time()
+    quiet_lightning()
     resume = resume_dir is not None
     L.seed_everything(cfg.seed, workers=True)
     dm = _datamodule(cfg)

@@ -238,3 +238,31 @@ def test_explanation_metrics_are_logged_when_enabled(tiny_overrides, tmp_path):
     # A random map keeps about as much energy in the box as the box's share of the image,
     # which is well above 0: an all-zero value would mean the metric saw no maps or no boxes.
     assert _logged(metrics_csv, "val/energy_pointing")[-1] > 0.0
+
+
+def test_one_warning_when_the_cam_layer_is_smaller_than_4x4(recwarn):
+    """resnet18 downsamples 32x32 inputs to a 1x1 CAM layer: its maps cannot localise."""
+    import warnings
+
+    from distill.console import warn_small_cam_layers
+    from distill.models import build_model
+
+    models = {"teacher": build_model("resnet18", 6), "student": build_model("wrn_16_1", 6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warn_small_cam_layers(models, (3, 32, 32))
+        warn_small_cam_layers({"student": models["teacher"]}, (3, 224, 224))  # 7x7: fine
+    small = [str(w.message) for w in recwarn if "CAM layer" in str(w.message)]
+    assert small == [
+        "the teacher's CAM layer 'net.layer4' is 1x1 at 32x32 inputs: its maps cannot localise "
+        "and map similarity means little; use larger images (data.image_size) or a model built "
+        "for this resolution"
+    ]
+    assert models["teacher"].training  # the mode is left as it was
+
+
+def test_lightning_tips_and_default_limits_are_not_printed(tiny_overrides, capsys, caplog):
+    train(load_config("quickstart", [*tiny_overrides, "stage=teacher"]))
+    printed = capsys.readouterr().out + capsys.readouterr().err + caplog.text
+    assert "Tip:" not in printed and "was configured so 100%" not in printed
+    assert "teacher.test_acc" in printed  # the run's own summary still prints
