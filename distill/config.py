@@ -26,6 +26,8 @@ __all__ = [
     "LoggingConfig",
     "RunConfig",
     "CONFIG_DIR",
+    "STAGES",
+    "choices",
     "find_config",
     "load_config",
     "list_configs",
@@ -34,18 +36,30 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "stage": ("all", "teacher", "student"),
-    "data.name": ("shapes", "cifar10", "cifar100", "imagefolder"),
-    "loss.map_method": ("gradcam_pp", "gradcam"),
-    "loss.map_target": ("label", "teacher"),
-    "loss.map_normalize": ("none", "l2", "minmax"),
-    "loss.map_distance": ("squared_l2", "mse", "l1", "cosine"),
-    "loss.at_form": ("code", "paper"),
-    "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("multistep", "cosine", "constant"),
-    "logging.wandb": ("auto", "online", "offline", "disabled"),
-}
+STAGES: tuple[str, ...] = ("all", "teacher", "student")
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Valid values of the keys that take a choice, read from the modules that own them."""
+    from distill.cam import CAM_METHODS
+    from distill.data import DATAMODULES
+    from distill.loggers import WANDB_MODES
+    from distill.losses.distiller import MAP_TARGETS
+    from distill.losses.functional import AT_FORMS, MAP_DISTANCES, MAP_NORMALIZATIONS
+    from distill.optim import OPTIMIZERS, SCHEDULES
+
+    return {
+        "stage": STAGES,
+        "data.name": tuple(DATAMODULES),
+        "loss.map_method": tuple(CAM_METHODS),
+        "loss.map_target": MAP_TARGETS,
+        "loss.map_normalize": MAP_NORMALIZATIONS,
+        "loss.map_distance": MAP_DISTANCES,
+        "loss.at_form": AT_FORMS,
+        "optim.name": OPTIMIZERS,
+        "optim.schedule": SCHEDULES,
+        "logging.wandb": WANDB_MODES,
+    }
 
 
 class ConfigError(ValueError):
@@ -243,13 +257,13 @@ def _read_yaml(path: Path) -> DictConfig:
 
 
 def _validate(cfg: DictConfig) -> None:
-    for key, choices in CHOICES.items():
+    for key, valid in choices().items():
         value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), choices, n=1)
+        if value not in valid:
+            close = difflib.get_close_matches(str(value), valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{key}={value!r} is not valid{hint}; choose one of {', '.join(choices)}"
+                f"{key}={value!r} is not valid{hint}; choose one of {', '.join(valid)}"
             )
     for key in (
         "loss.ce_weight",

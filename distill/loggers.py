@@ -8,7 +8,10 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
-__all__ = ["wandb_mode", "build_loggers"]
+__all__ = ["WANDB_MODES", "wandb_mode", "build_loggers"]
+
+WANDB_MODES: tuple[str, ...] = ("auto", "online", "offline", "disabled")
+"""``auto``: online when logged in (API key or ``wandb login``), else offline."""
 
 
 def _wandb_logged_in() -> bool:

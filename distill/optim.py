@@ -8,7 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "build_scheduler", "param_groups"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "build_scheduler", "param_groups"]
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+SCHEDULES: tuple[str, ...] = ("multistep", "cosine", "constant")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -36,7 +39,7 @@ def build_optimizer(params: Iterable[Any], cfg: Any) -> torch.optim.Optimizer:
         )
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; choose sgd or adamw")
+    raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def build_scheduler(
@@ -55,7 +58,7 @@ def build_scheduler(
     elif cfg.schedule == "constant":
         main = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose multistep, cosine or constant")
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if warmup == 0:
         return main
     ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)

@@ -6,6 +6,7 @@ everything about where images come from, how they are decoded and augmented live
 
 from distill.data.datamodules import (
     CIFAR10_CLASSES,
+    DATAMODULES,
     DEFAULT_DATA_ROOT,
     CIFARDataModule,
     DatasetNotFoundError,
@@ -31,6 +32,7 @@ from distill.data.transforms import (
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "DATAMODULES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "CIFAR100_MEAN",
