@@ -6,6 +6,8 @@ Grad-CAM++ explanation maps, computed by a batched, differentiable layer.
 
 from distill import cam
 from distill.cam import GradCAM, GradCAMPlusPlus, capture_activations, gradcam, gradcam_pp
+from distill.checkpoints import CheckpointError, load_model, weights_sha256
+from distill.export import export_model
 from distill.losses import (
     AttentionTransferLoss,
     DistillOutput,
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionTransferLoss",
+    "CheckpointError",
     "DistillOutput",
     "ExplanationDistiller",
     "ExplanationMatchingLoss",
@@ -35,8 +38,11 @@ __all__ = [
     "cam",
     "capture_activations",
     "explanation_matching",
+    "export_model",
     "gradcam",
     "gradcam_pp",
     "kd_loss",
     "list_models",
+    "load_model",
+    "weights_sha256",
 ]

@@ -6,8 +6,8 @@ The modules hold metrics, logging and the optimizer only; the losses are the imp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +19,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.cam import GradCAMPlusPlus, resize_maps
+from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
 from distill.losses import ExplanationDistiller
 from distill.metrics import (
     AverageDrop,
@@ -29,18 +30,29 @@ from distill.metrics import (
     TopOneAgreement,
     explanation_confidences,
 )
-from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, param_groups
 
 __all__ = ["ClassifierModule", "DistillModule", "load_classifier", "CheckpointError"]
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or does not fit the expected model."""
+TEACHER_PREFIX = "distiller.teacher."
+"""State-dict prefix of the teacher, which student checkpoints leave out."""
 
 
 class _ClassificationModule(L.LightningModule):
-    """Shared metrics, optimizer and logging; subclasses define ``model_step``."""
+    """Shared metrics, optimizer and logging; subclasses define ``model_step``.
+
+    Args:
+        num_classes: number of classes.
+        optim: the ``optim`` config section.
+        epochs: length of the schedule.
+        explanation_metrics: log faithfulness (and localisation) of the maps at validation.
+        mean, std: the input normalisation (explanation metrics undo it; inference needs it).
+        classes: class names, index = label.
+        image_size: ``(H, W)`` of the training images.
+
+    The last four are saved as hyperparameters so that :func:`distill.load_model` can hand
+    them to inference code.
+    """
 
     def __init__(
         self,
@@ -50,6 +62,8 @@ class _ClassificationModule(L.LightningModule):
         explanation_metrics: bool = False,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        classes: Sequence[str] | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -174,6 +188,8 @@ class ClassifierModule(_ClassificationModule):
         optim: the ``optim`` config section.
         epochs: length of the schedule.
         model_kwargs: extra ``build_model`` keyword arguments.
+        **options: ``explanation_metrics``, ``mean``, ``std``, ``classes``, ``image_size``
+            (see ``_ClassificationModule``).
     """
 
     def __init__(
@@ -184,9 +200,9 @@ class ClassifierModule(_ClassificationModule):
         optim: dict[str, Any],
         epochs: int,
         model_kwargs: dict[str, Any] | None = None,
-        **metric_options: Any,
+        **options: Any,
     ) -> None:
-        super().__init__(num_classes, optim, epochs, **metric_options)
+        super().__init__(num_classes, optim, epochs, **options)
         self.save_hyperparameters(ignore=["model"])
         self.model = model
 
@@ -207,6 +223,19 @@ class DistillModule(_ClassificationModule):
     Validation also measures teacher-student top-1 agreement and the cosine similarity of their
     Grad-CAM++ maps, which needs gradients unless the maps have a closed form: run it with
     ``Trainer(inference_mode=False)``.
+
+    Checkpoints hold the student only: the teacher has a file of its own, so its tensors are
+    left out and ``checkpoint["teacher"]`` records ``{"path", "sha256", "name"}`` instead.
+    Loading such a checkpoint (resume, test) keeps the teacher this module was built with,
+    after checking that its weights are the ones the student was distilled from.
+
+    Args:
+        distiller: the losses, holding the teacher and the student.
+        num_classes, optim, epochs: as :class:`ClassifierModule`.
+        student_name, teacher_name: the ``build_model`` names of the two networks.
+        model_kwargs: extra ``build_model`` keyword arguments of the student.
+        teacher_path: the teacher's checkpoint, recorded in the student's checkpoints.
+        **options: ``explanation_metrics``, ``mean``, ``std``, ``classes``, ``image_size``.
     """
 
     def __init__(
@@ -218,11 +247,14 @@ class DistillModule(_ClassificationModule):
         student_name: str = "",
         teacher_name: str = "",
         model_kwargs: dict[str, Any] | None = None,
-        **metric_options: Any,
+        teacher_path: str | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(num_classes, optim, epochs, **metric_options)
+        super().__init__(num_classes, optim, epochs, **options)
         self.save_hyperparameters(ignore=["distiller"])
         self.distiller = distiller
+        # Hashed once, as loaded: the teacher is frozen, so this is what every checkpoint records.
+        self.teacher_sha256 = weights_sha256(distiller.teacher)
         self.val_agreement = TopOneAgreement()
         self.val_map_similarity = MapAgreement()
         self.val_teacher_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -259,56 +291,29 @@ class DistillModule(_ClassificationModule):
         super().on_train_epoch_start()
         self.distiller.teacher.eval()  # Lightning calls .train() on the whole module
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+        checkpoint["teacher"] = {
+            "path": self.hparams.teacher_path,
+            "sha256": self.teacher_sha256,
+            "name": self.hparams.teacher_name,
+        }
 
-def load_classifier(
-    path: str | Path,
-    *,
-    expected_name: str | None = None,
-    expected_classes: int | None = None,
-    map_location: str | torch.device = "cpu",
-) -> nn.Module:
-    """Rebuild the network saved in a :class:`ClassifierModule` checkpoint.
-
-    Raises:
-        CheckpointError: the file is missing or unreadable, or its architecture or class count
-            differs from the expected one; the message names the file and the mismatch.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"teacher checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise CheckpointError(
-            f"teacher checkpoint {path} cannot be read ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'truncated or corrupt'})"
-        ) from None
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if "model_name" not in hparams or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{path} is not a classifier checkpoint written by this toolkit "
-            "(no model_name hyperparameter or state_dict)"
-        )
-    name, classes = hparams["model_name"], int(hparams["num_classes"])
-    if expected_name is not None and name != expected_name:
-        raise CheckpointError(
-            f"{path} holds a {name} but the config asks for {expected_name}: "
-            f"set teacher.name={name} or point teacher.checkpoint at a {expected_name}"
-        )
-    if expected_classes is not None and classes != expected_classes:
-        raise CheckpointError(
-            f"{path} was trained for {classes} classes but the data has {expected_classes}"
-        )
-    model = build_model(name, num_classes=classes, **dict(hparams.get("model_kwargs") or {}))
-    state = {
-        key.removeprefix("model."): value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith("model.")
-    }
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"{path}: weights do not fit {name}: {str(error).splitlines()[0]}"
-        ) from None
-    return model
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        recorded = checkpoint.get("teacher")
+        if recorded is None:  # an older checkpoint that still holds the teacher's tensors
+            return
+        if recorded["sha256"] != self.teacher_sha256:
+            raise CheckpointError(
+                f"the teacher changed since this student checkpoint was written: it was distilled "
+                f"from {recorded['path']} with weights sha256 {recorded['sha256']}, but the "
+                f"teacher loaded now ({self.hparams.teacher_path}) has sha256 "
+                f"{self.teacher_sha256}; restore that teacher file or start a new run"
+            )
+        # Verified identical: put the teacher's own tensors back so loading stays strict.
+        teacher = self.distiller.teacher.state_dict()
+        checkpoint["state_dict"].update({TEACHER_PREFIX + k: v for k, v in teacher.items()})

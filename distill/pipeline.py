@@ -36,15 +36,11 @@ from distill.callbacks import (
     LastCheckpoint,
     MapImageCallback,
 )
+from distill.checkpoints import CheckpointError, load_classifier
 from distill.config import stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
 from distill.data import build_datamodule
-from distill.lightning_modules import (
-    CheckpointError,
-    ClassifierModule,
-    DistillModule,
-    load_classifier,
-)
+from distill.lightning_modules import ClassifierModule, DistillModule
 from distill.loggers import build_loggers
 from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
@@ -157,6 +153,17 @@ def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
         return_boxes=cfg.logging.explanation_metrics,
         seed=cfg.seed,
     )
+
+
+def _inference_info(dm: Any) -> dict[str, Any]:
+    """What a checkpoint needs for inference later: class names, normalisation, image size."""
+    dm.setup("fit")  # the image size is known once a split is loaded; fit loads the same splits
+    return {
+        "mean": tuple(dm.mean),
+        "std": tuple(dm.std),
+        "classes": list(dm.classes),
+        "image_size": tuple(dm.image_shape[1:]),
+    }
 
 
 def _checkpoints(stage_dir: Path, holdout: bool) -> list[L.Callback]:
@@ -312,8 +319,7 @@ def _train_teacher(
         epochs=cfg.teacher.epochs,
         model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
         explanation_metrics=cfg.logging.explanation_metrics,
-        mean=tuple(dm.mean),
-        std=tuple(dm.std),
+        **_inference_info(dm),
     )
     trainer, metrics = _fit_and_test(cfg, module, dm, run_dir, "teacher", resume, extra)
     result.trainers["teacher"] = trainer
@@ -390,9 +396,9 @@ def _train_student(
         student_name=cfg.student.name,
         teacher_name=cfg.teacher.name,
         model_kwargs=OmegaConf.to_container(cfg.student.kwargs),
+        teacher_path=str(teacher_path.resolve()),
         explanation_metrics=cfg.logging.explanation_metrics,
-        mean=tuple(dm.mean),
-        std=tuple(dm.std),
+        **_inference_info(dm),
     )
     trainer, metrics = _fit_and_test(cfg, module, dm, run_dir, "student", resume, extra)
     result.trainers["student"] = trainer

@@ -1,15 +1,21 @@
-"""Render explanation maps over images, in torch (no matplotlib or cv2 needed)."""
+"""Render explanation maps over images, in torch (no matplotlib or cv2 needed; PIL only writes
+captions)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+from torchvision.transforms.functional import to_pil_image
 
 from distill.cam import minmax_normalize, resize_maps
 
-__all__ = ["jet_colormap", "overlay_maps", "map_grid"]
+__all__ = ["CAPTION_HEIGHT", "captioned_row", "jet_colormap", "overlay_maps", "map_grid"]
+
+CAPTION_HEIGHT = 28
+"""Pixels above the panels of :func:`captioned_row`: two lines of PIL's default font."""
 
 
 def jet_colormap(values: Tensor) -> Tensor:
@@ -51,3 +57,22 @@ def map_grid(
     if scale > 1:
         grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     return grid
+
+
+def captioned_row(panels: Sequence[Tensor], captions: Sequence[str], scale: int = 1) -> Image.Image:
+    """Equal-sized ``[3, H, W]`` panels in [0, 1] side by side, upscaled ``scale`` times (nearest
+    neighbour, so map cells stay sharp), each under its caption (up to two lines).
+
+    Returns:
+        An RGB image of ``len(panels) * W * scale`` by ``CAPTION_HEIGHT + H * scale`` pixels.
+    """
+    row = torch.cat([panel.detach().float().cpu().clamp(0, 1) for panel in panels], dim=2)
+    if scale > 1:
+        row = row.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    canvas = Image.new("RGB", (row.shape[2], CAPTION_HEIGHT + row.shape[1]), "white")
+    canvas.paste(to_pil_image(row), (0, CAPTION_HEIGHT))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    width = row.shape[2] // len(panels)
+    for i, caption in enumerate(captions):
+        draw.multiline_text((i * width + 3, 2), caption, fill="black", font=font, spacing=2)
+    return canvas

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,12 +11,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-@pytest.fixture
-def tiny_overrides(tmp_path, monkeypatch):
-    """Dot-list overrides that make the quickstart recipe run in seconds."""
-    monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
+def _tiny_dotlist(output_dir: Path) -> list[str]:
+    """Overrides that make the quickstart recipe run in seconds, writing under ``output_dir``."""
     return [
-        f"output_dir={tmp_path / 'runs'}",
+        f"output_dir={output_dir}",
         "data.num_train=192",
         "data.num_val=64",
         "data.batch_size=64",
@@ -31,3 +30,17 @@ def tiny_overrides(tmp_path, monkeypatch):
         "logging.map_images=4",
         "logging.map_every_n_epochs=1",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides_for():
+    """``output_dir -> overrides``: the ``tiny_overrides`` of module-scoped fixtures, which
+    cannot use ``tmp_path``."""
+    return _tiny_dotlist
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path, monkeypatch):
+    """Dot-list overrides that make the quickstart recipe run in seconds."""
+    monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
+    return _tiny_dotlist(tmp_path / "runs")
