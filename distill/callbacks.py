@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
+from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
 from distill.cam import GradCAMPlusPlus
@@ -32,12 +33,17 @@ class MapImageCallback(Callback):
     validation images, save them as ``maps_epoch<NNN>.png`` in ``out_dir`` and send them to
     wandb when a :class:`WandbLogger` is attached. Maps explain the ground-truth class.
 
+    The PNG carries column titles and, per image, the true class and each model's prediction;
+    wandb gets one captioned image per validation image, so that a dashboard shows which
+    maps belong to right and wrong predictions.
+
     Args:
         images: ``[N, 3, H, W]`` normalised validation images (the same ones every time).
         labels: ``[N]`` their labels.
         out_dir: folder for the PNG files.
         mean, std: the normalisation to undo for display.
         every_n_epochs: drawing period.
+        class_names: names of the labels (``dm.classes``); None: the label numbers.
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class MapImageCallback(Callback):
         mean: Sequence[float],
         std: Sequence[float],
         every_n_epochs: int = 5,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.images = images
@@ -55,6 +62,7 @@ class MapImageCallback(Callback):
         self.out_dir = Path(out_dir)
         self.mean, self.std = tuple(mean), tuple(std)
         self.every_n_epochs = max(1, every_n_epochs)
+        self.class_names = list(class_names) if class_names is not None else None
         self.saved: list[Path] = []
 
     def _due(self, trainer: L.Trainer) -> bool:
@@ -62,32 +70,55 @@ class MapImageCallback(Callback):
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         return epoch % self.every_n_epochs == 0 or last
 
+    def _name(self, label: int) -> str:
+        return self.class_names[label] if self.class_names else str(label)
+
     @torch.no_grad()
-    def draw(self, pl_module: L.LightningModule) -> Tensor:
-        """The ``[3, H', W']`` grid for the module's current weights."""
+    def draw(self, pl_module: L.LightningModule) -> tuple[Tensor, list[Tensor], list[str]]:
+        """For the module's current weights: the labelled ``[3, H', W']`` grid of all images,
+        one titled strip per image, and each image's caption (true class, predictions)."""
         images = self.images.to(pl_module.device)
         labels = self.labels.to(pl_module.device)
-        maps = {}
+        maps, predicted = {}, {}
         for name, model in pl_module.explained_models().items():
             was_training = model.training
             model.eval()
             maps[name] = GradCAMPlusPlus(model)(images, labels)
+            predicted[name] = model(images).argmax(dim=1).tolist()
             model.train(was_training)
-        return map_grid(images, maps, self.mean, self.std)
+        captions = []
+        for i, label in enumerate(labels.tolist()):
+            guesses = [f"{name}: {self._name(p[i])}" for name, p in predicted.items()]
+            captions.append(" | ".join([f"true: {self._name(label)}", *guesses]))
+        titles = ["image", *maps]
+        row_labels = [caption.replace(" | ", "\n") for caption in captions]
+        grid = map_grid(images, maps, self.mean, self.std, titles=titles, row_labels=row_labels)
+        strips = [
+            map_grid(
+                images[i : i + 1],
+                {k: m[i : i + 1] for k, m in maps.items()},
+                self.mean,
+                self.std,
+                titles=titles,
+            )
+            for i in range(len(images))
+        ]
+        return grid, strips, captions
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
             return
-        grid = self.draw(pl_module)
+        grid, strips, captions = self.draw(pl_module)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"maps_epoch{trainer.current_epoch + 1:03d}.png"
         save_image(grid, path)
         self.saved.append(path)
-        columns = " | ".join(["image", *pl_module.explained_models()])
+        # PIL images: wandb casts float tensors to uint8 without scaling (all black).
+        pictures = [to_pil_image(strip) for strip in strips]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
-                    key="val/maps", images=[grid], caption=[columns], step=trainer.global_step
+                    key="val/maps", images=pictures, caption=captions, step=trainer.global_step
                 )
 
 

@@ -7,6 +7,8 @@ and seed through ``distill.pipeline.train`` (the overrides apply to every studen
 ``loss.map_weight=0.1``...), tests each student once on the test split with the checkpoint its
 protocol selects (see :data:`PROTOCOL_NOTE`), and writes ``results.json``, ``results.md``
 (mean and std over seeds) and ``results.png`` into ``<output_dir>/compare-<name>/<stamp>/``.
+With wandb on, every training is its own run in one group named after that folder, and a last
+run (job type ``compare``) holds the results table and the plot.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from distill.cam import GradCAMPlusPlus
 from distill.config import ConfigError, load_config
+from distill.loggers import wandb_mode, wandb_settings
 from distill.metrics import (
     AverageDrop,
     EnergyPointingGame,
@@ -222,7 +225,7 @@ def compare(
         / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     )
     out.mkdir(parents=True)
-    common = [*overrides, f"output_dir={out / 'runs'}"]
+    common = [*overrides, f"output_dir={out / 'runs'}", f"logging.group={out.name}"]
     teacher_ckpt = base.teacher.checkpoint
     if not (teacher_ckpt and Path(teacher_ckpt).is_file()):
         teacher_ckpt = str(out / "teacher.ckpt")
@@ -235,20 +238,17 @@ def compare(
                     "data.train_fraction=1.0",
                     f"teacher.checkpoint={teacher_ckpt}",
                 ],
-            )
+            ),
+            print_sync=False,
         )
-    (out / "settings.json").write_text(
-        json.dumps(
-            {
-                "config": config,
-                "overrides": list(overrides),
-                "seeds": list(seeds),
-                "methods": list(methods),
-                "teacher": teacher_ckpt,
-            },
-            indent=2,
-        )
-    )
+    settings = {
+        "config": config,
+        "overrides": list(overrides),
+        "seeds": list(seeds),
+        "methods": list(methods),
+        "teacher": teacher_ckpt,
+    }
+    (out / "settings.json").write_text(json.dumps(settings, indent=2))
     rows: list[dict[str, Any]] = []
     drops: dict[tuple[str, int], torch.Tensor] = {}
     for seed in seeds:
@@ -264,7 +264,7 @@ def compare(
                     f"name={method}-seed{seed}",
                 ],
             )
-            summary, result = train(cfg)
+            summary, result = train(cfg, print_sync=False)
             student = summary["student"]
             dm = result.trainers["student"].datamodule
             metrics, drops[(method, seed)] = evaluate_student(result.student, dm)
@@ -291,7 +291,44 @@ def compare(
     note = f"config `{config}`, overrides `{' '.join(overrides) or '-'}`, seeds {list(seeds)}\n\n"
     (out / "results.md").write_text(note + table + "\n\n" + PROTOCOL_NOTE + "\n")
     plot(rows, out / "results.png")
+    log_to_wandb(base, out, rows, settings)
     return rows, out
+
+
+def log_to_wandb(
+    base: DictConfig, out: Path, rows: list[dict[str, Any]], settings: dict[str, Any]
+) -> None:
+    """Log the comparison as a wandb run (job type ``compare``) in the group of the runs it
+    summarises: the per-run results as a ``wandb.Table``, the plot as a ``wandb.Image``. Offline,
+    print one ``wandb sync`` command for this run and every training run of the comparison."""
+    mode = wandb_mode(base.logging.wandb)
+    if mode == "disabled":
+        return
+    import wandb
+
+    columns = ["method", "seed", "selected_on", *(key for key, _, _ in COLUMNS)]
+    data = [[_finite_or_none(row.get(column)) for column in columns] for row in rows]
+    run = wandb.init(
+        project=base.logging.project,
+        dir=str(out),
+        name=f"compare-{base.name}-{out.name}",
+        group=out.name,
+        job_type="compare",
+        config={**settings, "base": OmegaConf.to_container(base, resolve=True)},
+        mode=mode,
+        settings=wandb_settings(mode),
+    )
+    plot_image = wandb.Image(str(out / "results.png"), caption="test top-1 % per method")
+    run.log({"results": wandb.Table(columns=columns, data=data), "top1_plot": plot_image})
+    run.finish()
+    if mode == "offline":
+        runs = f"{out}/wandb/offline-run-* {out}/runs/*/*/wandb/offline-run-*"
+        print(f"wandb is offline; upload this comparison with: wandb sync {runs}")
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN (a column that does not apply) as an empty table cell."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,6 +167,7 @@ class LoggingConfig:
 
     wandb: str = "auto"  # auto: online when logged in, else offline
     project: str = "distill"
+    group: str | None = None  # wandb group; None: the run directory's name (one per run)
     map_images: int = 8  # validation images whose maps are logged
     map_every_n_epochs: int = 5
     explanation_metrics: bool = False  # validation Average Drop, Increase in Confidence, Loc

@@ -9,6 +9,7 @@ command line. Every run gets its own directory under ``cfg.output_dir``::
         teacher/             best.ckpt, last.ckpt, metrics.csv, maps_epochNNN.png
         student/             the same for the student
         summary.json         final accuracies, agreement, map similarity, wall time
+        wandb/               one wandb run per stage, grouped by this directory's name
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from distill.config import stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
 from distill.data import build_datamodule
 from distill.lightning_modules import ClassifierModule, DistillModule
-from distill.loggers import build_loggers
+from distill.loggers import build_loggers, finish_wandb, stage_summary, wandb_mode
 from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
 
@@ -188,9 +189,7 @@ def _trainer(
     cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks: list, holdout: bool
 ) -> L.Trainer:
     callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage, run_dir), *callbacks]
-    loggers, mode = build_loggers(cfg.logging.wandb, run_dir, stage, cfg.logging.project, cfg.name)
-    if mode == "offline":
-        print(f"wandb is offline: upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`")
+    loggers, _ = build_loggers(cfg, run_dir, stage)
     t = cfg.trainer
     return L.Trainer(
         max_epochs=epochs,
@@ -228,6 +227,7 @@ def _map_callback(cfg: DictConfig, dm: Any, run_dir: Path, stage: str) -> MapIma
         mean=dm.mean,
         std=dm.std,
         every_n_epochs=cfg.logging.map_every_n_epochs,
+        class_names=dm.classes,
     )
 
 
@@ -278,10 +278,14 @@ def _fit_and_test(
     ckpt_path = _last_checkpoint(run_dir, stage, resume)
     holdout = dm.has_holdout
     trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks, holdout)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    last_val = _val_metrics(trainer)  # read before test() replaces the callback metrics
-    selected = _selected_checkpoint(trainer, holdout)
-    tested = trainer.test(module, datamodule=dm, ckpt_path=str(selected), verbose=False)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        last_val = _val_metrics(trainer)  # read before test() replaces the callback metrics
+        selected = _selected_checkpoint(trainer, holdout)
+        tested = trainer.test(module, datamodule=dm, ckpt_path=str(selected), verbose=False)
+    except BaseException:
+        finish_wandb(trainer, exit_code=1)  # else a later train() in this process logs into it
+        raise
     metrics = {f"val_{key[4:]}": value for key, value in last_val.items()}
     metrics |= {
         "test_acc": tested[0]["test/acc"],
@@ -445,6 +449,7 @@ def train(
     *,
     resume_dir: str | Path | None = None,
     callbacks: list[L.Callback] | None = None,
+    print_sync: bool = True,
 ) -> tuple[dict, RunResult]:
     """Run the stages ``cfg.stage`` asks for and write the run directory.
 
@@ -453,6 +458,8 @@ def train(
         resume_dir: an earlier run directory to continue from its last (or interrupted)
             checkpoints; a finished teacher stage is not repeated.
         callbacks: extra Lightning callbacks for every stage.
+        print_sync: print the ``wandb sync`` command for offline runs (a caller that runs
+            ``train`` several times, such as ``compare``, prints one for all of them).
 
     Returns:
         ``(summary, result)``: the dict written to ``summary.json`` and the built objects.
@@ -484,14 +491,19 @@ def train(
     if "teacher" in stages_to_train(cfg) and not summary.get("teacher", {}).get("done"):
         teacher = _train_teacher(cfg, dm, run_dir, result, resume, extra)
         summary["teacher"] = teacher | {"done": True}
+        finish_wandb(result.trainers["teacher"], stage_summary(teacher))
         if is_rank_zero:
             summary_path.write_text(json.dumps(summary, indent=2))
     if cfg.stage in ("student", "all"):
         L.seed_everything(cfg.seed, workers=True)
         student = _train_student(cfg, dm, run_dir, result, resume, extra, summary)
         summary["student"] = student | {"done": True}
+        finish_wandb(result.trainers["student"], stage_summary(student))
     summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + time.time() - start
     if is_rank_zero:
         summary_path.write_text(json.dumps(summary, indent=2))
         _print_summary(summary)
+        if print_sync and wandb_mode(cfg.logging.wandb) == "offline":
+            sync = f"wandb sync {run_dir / 'wandb'}/offline-run-*"  # every stage of this run
+            print(f"wandb is offline; upload this run with: {sync}")
     return summary, result

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
-from torchvision.transforms.functional import to_pil_image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from distill.cam import minmax_normalize, resize_maps
 
@@ -46,9 +46,16 @@ def map_grid(
     mean: Sequence[float],
     std: Sequence[float],
     scale: int = 4,
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
 ) -> Tensor:
     """One row per image: the image, then one overlay per entry of ``maps`` (e.g. teacher,
-    student). Returns a ``[3, H', W']`` float image in [0, 1], upscaled ``scale`` times."""
+    student). Returns a ``[3, H', W']`` float image in [0, 1], upscaled ``scale`` times.
+
+    ``titles`` (one per column) adds a header row and ``row_labels`` (one per image, newlines
+    allowed) a left margin, e.g. the true class and each model's prediction: a saved PNG then
+    reads on its own, without a dashboard's captions.
+    """
     pictures = denormalize(images.detach().float().cpu(), mean, std)
     columns = [pictures] + [overlay_maps(pictures, m.detach().cpu()) for m in maps.values()]
     rows = torch.stack(columns, dim=1)  # [B, columns, 3, H, W]
@@ -56,7 +63,36 @@ def map_grid(
     grid = rows.permute(2, 0, 3, 1, 4).reshape(channels, batch * height, ncols * width)
     if scale > 1:
         grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-    return grid
+    if titles is None and row_labels is None:
+        return grid
+    return _annotate(grid, titles or [], row_labels or [], height * scale, width * scale)
+
+
+def _annotate(
+    grid: Tensor, titles: Sequence[str], row_labels: Sequence[str], tile_h: int, tile_w: int
+) -> Tensor:
+    """Draw column titles above ``grid`` and row labels to its left (PIL's default font)."""
+    font = ImageFont.load_default()
+    body = to_pil_image(grid.clamp(0, 1).mul(255).round().byte())  # as save_image rounds
+    measure = ImageDraw.Draw(body)
+
+    def size(text: str) -> tuple[float, float]:
+        left, top, right, bottom = measure.multiline_textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    pad = 4
+    margin = int(max(size(label)[0] for label in row_labels)) + 2 * pad if row_labels else 0
+    header = int(max(size(title)[1] for title in titles)) + 2 * pad if titles else 0
+    canvas = Image.new("RGB", (margin + body.width, header + body.height), "white")
+    canvas.paste(body, (margin, header))
+    draw = ImageDraw.Draw(canvas)
+    for i, title in enumerate(titles):
+        x = margin + i * tile_w + (tile_w - size(title)[0]) / 2
+        draw.text((x, pad), title, fill="black", font=font)
+    for i, label in enumerate(row_labels):
+        y = header + i * tile_h + (tile_h - size(label)[1]) / 2
+        draw.multiline_text((pad, y), label, fill="black", font=font)
+    return pil_to_tensor(canvas).float() / 255
 
 
 def captioned_row(panels: Sequence[Tensor], captions: Sequence[str], scale: int = 1) -> Image.Image:
