@@ -190,22 +190,9 @@ def _trainer(
 ) -> L.Trainer:
     callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage, run_dir), *callbacks]
     loggers, _ = build_loggers(cfg, run_dir, stage)
-    t = cfg.trainer
     return L.Trainer(
+        **OmegaConf.to_container(cfg.trainer),  # TrainerConfig's fields are Trainer arguments
         max_epochs=epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
-        gradient_clip_val=t.gradient_clip_val,
-        sync_batchnorm=t.sync_batchnorm,
         logger=loggers,
         callbacks=[
             *_checkpoints(run_dir / stage, holdout),
@@ -351,31 +338,13 @@ def _teacher_checkpoint(cfg: DictConfig, run_dir: Path, summary: dict) -> Path:
 def _distiller(
     cfg: DictConfig, teacher: torch.nn.Module, student: torch.nn.Module
 ) -> ExplanationDistiller:
-    loss = cfg.loss
-
-    def pairs(items: Any) -> list[LayerPair] | None:
-        if items is None:
-            return None
-        return [LayerPair(p.student, p.teacher, p.weight) for p in items]
-
-    return ExplanationDistiller(
-        teacher,
-        student,
-        ce_weight=loss.ce_weight,
-        kd_weight=loss.kd_weight,
-        temperature=loss.temperature,
-        map_weight=loss.map_weight,
-        map_method=loss.map_method,
-        map_layers=pairs(loss.map_layers),
-        map_target=loss.map_target,
-        map_normalize=loss.map_normalize,
-        map_distance=loss.map_distance,
-        at_weight=loss.at_weight,
-        at_layers=pairs(loss.at_layers),
-        at_p=loss.at_p,
-        at_form=loss.at_form,
-        map_closed_form=loss.map_closed_form,
-    )
+    """The ``loss`` section's fields are the distiller's keyword arguments (layer pairs become
+    :class:`LayerPair` objects), so a new loss option touches the loss and the schema only."""
+    options = OmegaConf.to_container(cfg.loss)
+    for key in ("map_layers", "at_layers"):
+        if options[key] is not None:
+            options[key] = [LayerPair(**pair) for pair in options[key]]
+    return ExplanationDistiller(teacher, student, **options)
 
 
 def _train_student(
