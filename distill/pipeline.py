@@ -134,23 +134,12 @@ def _write_run_files(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    data = cfg.data
+    """The ``data`` section's fields are the datamodules' arguments; the run adds its seed and
+    whether evaluation batches carry boxes (for the explanation metrics)."""
+    data = OmegaConf.to_container(cfg.data)
     return build_datamodule(
-        data.name,
-        root=data.root,
-        download=data.download,
-        train_dir=data.train_dir,
-        val_dir=data.val_dir,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        in_memory=data.in_memory,
-        augment=data.augment,
-        num_train=data.num_train,
-        num_val=data.num_val,
-        cache_dir=data.cache_dir,
-        train_fraction=data.train_fraction,
-        subset_seed=data.subset_seed,
-        val_fraction=data.val_fraction,
+        data.pop("name"),
+        **data,
         return_boxes=cfg.logging.explanation_metrics,
         seed=cfg.seed,
     )
