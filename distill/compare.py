@@ -331,8 +331,40 @@ def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def merge(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
+    """One table and plot from several comparison folders (e.g. seeds run on different
+    machines, or a run stopped early: its finished students are in ``results.json``).
+
+    Rows are taken as saved; a (method, seed) pair found twice is an error, since it would count
+    one seed twice.
+    """
+    rows: list[dict[str, Any]] = []
+    for folder in folders:
+        rows += json.loads((Path(folder) / "results.json").read_text())
+    seen = [(row["method"], row["seed"]) for row in rows]
+    repeated = sorted({pair for pair in seen if seen.count(pair) > 1})
+    if repeated:
+        raise ValueError(f"(method, seed) pairs found in more than one folder: {repeated}")
+    order = list(METHODS)
+    rows.sort(
+        key=lambda row: (order.index(row["method"]) if row["method"] in order else 99, row["seed"])
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    sources = ", ".join(str(folder) for folder in folders)
+    (out / "results.md").write_text(
+        f"merged from {sources}\n\n{summarize(rows)}\n\n{PROTOCOL_NOTE}\n"
+    )
+    plot(rows, out / "results.png")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare distillation methods over seeds.")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, metavar="DIR", help="tabulate finished comparisons"
+    )
+    parser.add_argument("--out", type=Path, help="output folder of --merge")
     parser.add_argument("--config", default="quickstart")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument(
@@ -340,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
+    if args.merge:
+        try:
+            rows = merge(args.merge, args.out or args.merge[0] / "merged")
+        except (OSError, ValueError, KeyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"\n{summarize(rows)}\n\n{PROTOCOL_NOTE}")
+        return 0
     methods = [m for m in args.methods.split(",") if m]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed]

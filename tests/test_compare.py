@@ -111,3 +111,30 @@ def test_convergence_table_and_plot_from_results(tmp_path):
     assert "| CE + KD | 60.0 ± 7.1 (n=2) | 90.0 ± 7.1 (n=2) |" in text
     with Image.open(folders[0] / "convergence.png") as image:
         assert image.size == (900, 520)
+
+
+def test_merge_tabulates_several_folders_and_refuses_a_seed_twice(tmp_path):
+    from distill.compare import main
+
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        rows = [
+            {"method": m, "seed": seed, "selected_on": "holdout", "test_acc": 0.5 + 0.1 * seed}
+            for m in ("kd", "ce")
+        ]
+        (folder / "results.json").write_text(json.dumps(rows))
+        folders.append(folder)
+    out = tmp_path / "merged"
+    assert main(["--merge", *map(str, folders), "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in merged] == [
+        ("ce", 0),
+        ("ce", 1),
+        ("kd", 0),
+        ("kd", 1),
+    ]
+    assert "| CE | 2 | holdout | 55.00 ± 7.07 |" in (out / "results.md").read_text()
+    assert (out / "results.png").is_file()
+    assert main(["--merge", str(folders[0]), str(folders[0]), "--out", str(out)]) == 2
