@@ -135,22 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="quickstart")
     parser.add_argument("--epochs", default="40,160,640", help="comma-separated student epochs")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default="ce,kd,kd_gradcam_pp")
+    parser.add_argument("--methods", default="ce,kd,kd_gradcam_pp", help="also filters --results")
     parser.add_argument("--steps-per-epoch", type=int, help="for results without 'steps'")
     parser.add_argument("--out", type=Path, help="output folder (default: the first results)")
     parser.add_argument("--title", default="test top-1 against training length")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
     folders = list(args.results or [])
+    methods = [m for m in args.methods.split(",") if m]
     if not folders:
         seeds = [int(s) for s in args.seeds.split(",") if s]
-        methods = [m for m in args.methods.split(",") if m]
         for epochs in (int(e) for e in args.epochs.split(",") if e):
             _, out = compare(
                 args.config, [*args.overrides, f"student.epochs={epochs}"], seeds, methods
             )
             folders.append(out)
-    rows = load_rows(folders, args.steps_per_epoch)
+    rows = [row for row in load_rows(folders, args.steps_per_epoch) if row["method"] in methods]
     out = args.out or folders[0]
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows)
