@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from distill.compare import LABELS, compare
+from distill.compare import LABELS, compare, mean_std
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
@@ -42,10 +41,6 @@ def load_rows(result_dirs: list[Path], steps_per_epoch: int | None) -> list[dict
     return rows
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per method, one column per length, mean ± std (seeds)."""
     lengths = sorted({(row["epochs"], row["steps"]) for row in rows})
@@ -61,7 +56,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 if r["method"] == method and (r["epochs"], r["steps"]) == (epochs, steps)
             ]
             if values:
-                mean, std = _mean_std(values)
+                mean, std = mean_std(values)
                 cells.append(f"{mean:.1f} ± {std:.1f} (n={len(values)})")
             else:
                 cells.append("not run")
@@ -107,7 +102,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         points = []
         shift = 8 * (i - (len(grouped) - 1) / 2)  # keep the methods' bars apart
         for step in sorted(by_step):
-            mean, std = _mean_std(by_step[step])
+            mean, std = mean_std(by_step[step])
             x, y = xy(step, mean)
             x += shift
             points.append((x, y))

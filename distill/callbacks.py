@@ -83,8 +83,8 @@ class MapImageCallback(Callback):
         for name, model in pl_module.explained_models().items():
             was_training = model.training
             model.eval()
-            maps[name] = GradCAMPlusPlus(model)(images, labels)
-            predicted[name] = model(images).argmax(dim=1).tolist()
+            maps[name], scores = GradCAMPlusPlus(model).maps_and_scores(images, labels)
+            predicted[name] = scores.argmax(dim=1).tolist()
             model.train(was_training)
         captions = []
         for i, label in enumerate(labels.tolist()):

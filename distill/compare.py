@@ -106,8 +106,8 @@ def evaluate_student(
     drops = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device)
-        predicted = student(batch).argmax(1)
-        maps = GradCAMPlusPlus(student)(batch, predicted)
+        maps, scores = GradCAMPlusPlus(student).maps_and_scores(batch)  # the predicted class
+        predicted = scores.argmax(1)
         y, o = explanation_confidences(student, batch, maps, predicted, mean=dm.mean, std=dm.std)
         drop.update(y, o)
         increase.update(y, o)
@@ -142,7 +142,17 @@ def _win_vs(drops: torch.Tensor, baseline: torch.Tensor) -> float:
     return float(win.compute())
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def write_results(rows: list[dict[str, Any]], out: Path, note: str) -> None:
+    """``results.json`` (every run), ``results.md`` (``note``, the table, the protocol) and
+    ``results.png`` in ``out``."""
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "results.md").write_text(f"{note}\n\n{summarize(rows)}\n\n{PROTOCOL_NOTE}\n")
+    plot(rows, out / "results.png")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (NaN: a column that does not
+    apply); one value has std 0."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return float("nan"), float("nan")
@@ -159,7 +169,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         selected = ", ".join(sorted({str(row.get("selected_on", "?")) for row in mine}))
         cells = [LABELS.get(method, method), str(len(mine)), selected]
         for key, _, scale in COLUMNS:
-            mean, std = _mean_std([row.get(key, float("nan")) * scale for row in mine])
+            mean, std = mean_std([row.get(key, float("nan")) * scale for row in mine])
             cells.append("n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -184,7 +194,7 @@ def plot(rows: list[dict[str, Any]], path: Path, key: str = "test_acc") -> None:
 
     for i, method in enumerate(methods):
         top = pad + i * (bar_h + pad)
-        mean, std = _mean_std(values[method])
+        mean, std = mean_std(values[method])
         draw.text((10, top + bar_h / 3), LABELS.get(method, method), fill="black")
         draw.rectangle([left, top, x_of(mean), top + bar_h], fill=(70, 130, 180))
         draw.line(
@@ -286,11 +296,8 @@ def compare(
             if baseline is None or row["method"] == "ce"
             else _win_vs(drops[(row["method"], row["seed"])], baseline)
         )
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    table = summarize(rows)
-    note = f"config `{config}`, overrides `{' '.join(overrides) or '-'}`, seeds {list(seeds)}\n\n"
-    (out / "results.md").write_text(note + table + "\n\n" + PROTOCOL_NOTE + "\n")
-    plot(rows, out / "results.png")
+    note = f"config `{config}`, overrides `{' '.join(overrides) or '-'}`, seeds {list(seeds)}"
+    write_results(rows, out, note)
     log_to_wandb(base, out, rows, settings)
     return rows, out
 
@@ -350,12 +357,7 @@ def merge(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
         key=lambda row: (order.index(row["method"]) if row["method"] in order else 99, row["seed"])
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    sources = ", ".join(str(folder) for folder in folders)
-    (out / "results.md").write_text(
-        f"merged from {sources}\n\n{summarize(rows)}\n\n{PROTOCOL_NOTE}\n"
-    )
-    plot(rows, out / "results.png")
+    write_results(rows, out, f"merged from {', '.join(str(folder) for folder in folders)}")
     return rows
 
 

@@ -63,8 +63,8 @@ def warn_small_cam_layers(models: dict[str, nn.Module], image_shape: tuple[int, 
             warnings.warn(
                 f"the {role}'s CAM layer {layer!r} is {height}x{width} at "
                 f"{image_shape[1]}x{image_shape[2]} inputs: its maps cannot localise and map "
-                "similarity means little; use larger images (data.image_size) or a model "
-                "built for this resolution",
+                "similarity means little; use larger input images or a model built for this "
+                "resolution",
                 UserWarning,
                 stacklevel=2,
             )

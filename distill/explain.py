@@ -84,11 +84,10 @@ def explain_batch(
     mean = torch.tensor(model.mean or (0.0,) * 3, device=pictures.device)[:, None, None]
     std = torch.tensor(model.std or (1.0,) * 3, device=pictures.device)[:, None, None]
     images = (pictures - mean) / std
-    with torch.no_grad():
-        probs = model(images).softmax(dim=1)
-    predicted = probs.argmax(dim=1)
-    targets = predicted if target is None else torch.full_like(predicted, target)
-    return probs, predicted, GradCAMPlusPlus(model)(images, targets)
+    targets = None if target is None else torch.full((len(images),), target, device=images.device)
+    maps, scores = GradCAMPlusPlus(model).maps_and_scores(images, targets)
+    probs = scores.softmax(dim=1)
+    return probs, probs.argmax(dim=1), maps
 
 
 def _teacher(path: str | None, student: nn.Module) -> nn.Module | None:

@@ -138,8 +138,8 @@ class _ClassificationModule(L.LightningModule):
     def _log_explanation_metrics(self, batch: tuple[Tensor, ...]) -> None:
         images = batch[0]
         model = self.trainable()
-        predicted = model(images).argmax(1)
-        maps = GradCAMPlusPlus(model)(images, predicted)
+        maps, scores = GradCAMPlusPlus(model).maps_and_scores(images)  # the predicted class
+        predicted = scores.argmax(1)
         y, o = explanation_confidences(
             model, images, maps, predicted, mean=self._mean, std=self._std
         )

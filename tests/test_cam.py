@@ -315,3 +315,20 @@ def test_minmax_normalize_constant_maps_are_zero():
     out = minmax_normalize(maps)
     assert out[0].abs().max() == 0
     assert out[1].min() == 0 and out[1].max() == 1
+
+
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_maps_and_scores_come_from_one_forward(closed_form):
+    torch.manual_seed(0)
+    from distill.models import build_model
+
+    model = build_model("wrn_16_1", num_classes=10).eval()
+    layer = model.cam_layer if closed_form else "block2"
+    images = torch.randn(3, 3, 32, 32)
+    cam = GradCAMPlusPlus(model, layer)
+    maps, scores = cam.maps_and_scores(images)
+    with torch.no_grad():
+        expected = model(images)
+    torch.testing.assert_close(scores, expected)
+    torch.testing.assert_close(maps, cam(images, expected.argmax(1)))  # default: predicted class
+    assert not maps.requires_grad and not scores.requires_grad

@@ -255,8 +255,8 @@ def test_one_warning_when_the_cam_layer_is_smaller_than_4x4(recwarn):
     small = [str(w.message) for w in recwarn if "CAM layer" in str(w.message)]
     assert small == [
         "the teacher's CAM layer 'net.layer4' is 1x1 at 32x32 inputs: its maps cannot localise "
-        "and map similarity means little; use larger images (data.image_size) or a model built "
-        "for this resolution"
+        "and map similarity means little; use larger input images or a model built for this "
+        "resolution"
     ]
     assert models["teacher"].training  # the mode is left as it was
 

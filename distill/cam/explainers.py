@@ -40,6 +40,13 @@ class BaseCAM:
 
     def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
         """Return detached ``[B, H, W]`` maps for ``targets`` (default: the predicted class)."""
+        return self.maps_and_scores(images, targets)[0]
+
+    def maps_and_scores(
+        self, images: Tensor, targets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Detached maps and the ``[B, C]`` scores of the same forward pass, for callers that
+        also need the prediction (no second forward)."""
         classifier = pooled_linear_classifier(self.model, self.target_layer)
         closed_form = classifier is not None
         # Closed form: no graph at all. Autograd path: cut the graph at the layer, since only
@@ -56,7 +63,7 @@ class BaseCAM:
             classifier.weight if classifier is not None else None,
             create_graph=False,
         )
-        return maps.detach()
+        return maps.detach(), scores.detach()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={type(self.model).__name__}, target_layer={self.target_layer!r})"
