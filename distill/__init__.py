@@ -15,11 +15,13 @@ from distill.losses import (
     ExplanationMatchingLoss,
     KDLoss,
     LayerPair,
+    TeacherOutputs,
     attention_transfer,
     explanation_matching,
     kd_loss,
 )
 from distill.models import build_model, list_models
+from distill.teacher_cache import TeacherCache, TeacherCacheError
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,9 @@ __all__ = [
     "GradCAMPlusPlus",
     "KDLoss",
     "LayerPair",
+    "TeacherCache",
+    "TeacherCacheError",
+    "TeacherOutputs",
     "attention_transfer",
     "build_model",
     "cam",

@@ -1,6 +1,11 @@
 """Distillation losses: functionals, their module wrappers and the importable distiller."""
 
-from distill.losses.distiller import DistillOutput, ExplanationDistiller, LayerPair
+from distill.losses.distiller import (
+    DistillOutput,
+    ExplanationDistiller,
+    LayerPair,
+    TeacherOutputs,
+)
 from distill.losses.functional import (
     attention_map,
     attention_transfer,
@@ -14,6 +19,7 @@ from distill.losses.modules import AttentionTransferLoss, ExplanationMatchingLos
 __all__ = [
     "AttentionTransferLoss",
     "DistillOutput",
+    "TeacherOutputs",
     "ExplanationDistiller",
     "ExplanationMatchingLoss",
     "KDLoss",

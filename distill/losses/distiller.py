@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from distill.cam import CAM_METHODS, capture_activations, pooled_linear_classifier, resolve_layer
 from distill.losses.modules import AttentionTransferLoss, ExplanationMatchingLoss, KDLoss
 
-__all__ = ["LayerPair", "DistillOutput", "ExplanationDistiller"]
+__all__ = ["LayerPair", "DistillOutput", "ExplanationDistiller", "TeacherOutputs"]
 
 MapTarget = Literal["label", "teacher"]
 MAP_TARGETS: tuple[str, ...] = ("label", "teacher")
@@ -53,6 +53,22 @@ class DistillOutput(NamedTuple):
     teacher_logits: Tensor
     student_maps: tuple[Tensor, ...] = ()
     teacher_maps: tuple[Tensor, ...] = ()
+
+
+class TeacherOutputs(NamedTuple):
+    """What the distiller needs from the teacher for one batch, without the teacher.
+
+    Computed live by :meth:`ExplanationDistiller.teacher_outputs`, or read back from a
+    :class:`distill.TeacherCache` so that students train with no teacher in the loop.
+
+    Attributes:
+        logits: ``[B, K]`` teacher logits (no graph).
+        maps: one ``[B, h, w]`` map per map layer pair, for the classes the distiller explains
+            (empty when the step computes no maps).
+    """
+
+    logits: Tensor
+    maps: tuple[Tensor, ...] = ()
 
 
 def _as_pairs(
@@ -220,7 +236,12 @@ class ExplanationDistiller(nn.Module):
         )
 
     def forward(
-        self, images: Tensor, labels: Tensor, *, return_maps: bool = False
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        return_maps: bool = False,
+        teacher: TeacherOutputs | None = None,
     ) -> DistillOutput:
         """One distillation step's losses.
 
@@ -228,26 +249,22 @@ class ExplanationDistiller(nn.Module):
             images: ``[B, 3, H, W]`` input batch.
             labels: ``[B]`` ground-truth class ids.
             return_maps: compute the maps even when ``map_weight`` is 0 (for monitoring).
+            teacher: the teacher's outputs for this batch (e.g. from a
+                :class:`distill.TeacherCache`); the teacher network is then not run.
         """
         with_maps = self.map_weight > 0 or return_maps
         with_at = self.at_weight > 0
         student_layers = [p.student for p in self.map_layers if with_maps]
         student_layers += [p.student for p in self.at_layers if with_at]
-        teacher_layers = [p.teacher for p in self.map_layers if with_maps]
-        teacher_layers += [p.teacher for p in self.at_layers if with_at]
 
         with capture_activations(self.student, student_layers) as student_acts:
             logits = self.student(images)
-        teacher_autograd = self._teacher_needs_autograd(with_maps)
-        teacher_grad = torch.enable_grad() if teacher_autograd else torch.no_grad()
-        with (
-            capture_activations(
-                self.teacher, teacher_layers, detach=teacher_autograd
-            ) as teacher_acts,
-            teacher_grad,
-        ):
-            teacher_scores = self.teacher(images)
-        teacher_logits = teacher_scores.detach()
+        teacher_acts: dict[str, Tensor] = {}  # filled by a live teacher run
+        if teacher is None:
+            teacher, teacher_acts = self._run_teacher(images, labels, with_maps, with_at)
+        else:
+            self._check_cached(teacher, with_maps, with_at)
+        teacher_logits = teacher.logits
         if teacher_logits.shape != logits.shape:
             raise ValueError(
                 f"teacher logits {tuple(teacher_logits.shape)} and student logits "
@@ -263,12 +280,11 @@ class ExplanationDistiller(nn.Module):
             parts["kd"] = kd.detach()
 
         student_maps: list[Tensor] = []
-        teacher_maps: list[Tensor] = []
         if with_maps:
-            targets = labels if self.map_target == "label" else teacher_logits.argmax(dim=1)
+            targets = self._map_targets(labels, teacher_logits)
             create_graph = torch.is_grad_enabled() and self.map_weight > 0
             map_loss = logits.new_zeros((), dtype=torch.float32)
-            for pair in self.map_layers:
+            for pair, t_map in zip(self.map_layers, teacher.maps, strict=True):
                 s_map = self._maps(
                     self.student,
                     pair.student,
@@ -277,18 +293,8 @@ class ExplanationDistiller(nn.Module):
                     targets,
                     create_graph,
                 )
-                with torch.no_grad() if not teacher_autograd else nullcontext():
-                    t_map = self._maps(
-                        self.teacher,
-                        pair.teacher,
-                        teacher_acts[pair.teacher],
-                        teacher_scores,
-                        targets,
-                        False,
-                    ).detach()
                 map_loss = map_loss + pair.weight * self.map_loss(s_map, t_map)
                 student_maps.append(s_map.detach())
-                teacher_maps.append(t_map)
             if self.map_weight > 0:
                 loss = loss + self.map_weight * map_loss
             parts["map"] = map_loss.detach()
@@ -301,9 +307,56 @@ class ExplanationDistiller(nn.Module):
             loss = loss + self.at_weight * at_loss
             parts["at"] = at_loss.detach()  # type: ignore[union-attr]
 
-        return DistillOutput(
-            loss, parts, logits, teacher_logits, tuple(student_maps), tuple(teacher_maps)
-        )
+        return DistillOutput(loss, parts, logits, teacher_logits, tuple(student_maps), teacher.maps)
+
+    def _map_targets(self, labels: Tensor, teacher_logits: Tensor) -> Tensor:
+        return labels if self.map_target == "label" else teacher_logits.argmax(dim=1)
+
+    def _run_teacher(
+        self, images: Tensor, labels: Tensor, with_maps: bool, with_at: bool
+    ) -> tuple[TeacherOutputs, dict[str, Tensor]]:
+        """The teacher's forward: its outputs and the activations attention transfer needs."""
+        layers = [p.teacher for p in self.map_layers if with_maps]
+        layers += [p.teacher for p in self.at_layers if with_at]
+        autograd = self._teacher_needs_autograd(with_maps)
+        with (
+            capture_activations(self.teacher, layers, detach=autograd) as acts,
+            torch.enable_grad() if autograd else torch.no_grad(),
+        ):
+            scores = self.teacher(images)
+        logits = scores.detach()
+        maps: list[Tensor] = []
+        if with_maps:
+            targets = self._map_targets(labels, logits)
+            with nullcontext() if autograd else torch.no_grad():
+                for pair in self.map_layers:
+                    layer_maps = self._maps(
+                        self.teacher, pair.teacher, acts[pair.teacher], scores, targets, False
+                    )
+                    maps.append(layer_maps.detach())
+        return TeacherOutputs(logits, tuple(maps)), acts
+
+    def teacher_outputs(self, images: Tensor, labels: Tensor) -> TeacherOutputs:
+        """The teacher's logits and maps for a batch, as a training step would use them.
+
+        This is what :class:`distill.TeacherCache` stores: ``forward(..., teacher=outputs)``
+        with the result gives the same losses as a live step on the same batch.
+        """
+        outputs, _ = self._run_teacher(images, labels, with_maps=self.map_weight > 0, with_at=False)
+        return outputs
+
+    def _check_cached(self, teacher: TeacherOutputs, with_maps: bool, with_at: bool) -> None:
+        if with_at:
+            raise ValueError(
+                "attention transfer needs the teacher's features, which cached teacher outputs do "
+                "not hold: set at_weight=0 or run the teacher live"
+            )
+        if with_maps and len(teacher.maps) != len(self.map_layers):
+            raise ValueError(
+                f"the cached teacher outputs hold {len(teacher.maps)} map(s) but the distiller "
+                f"matches {len(self.map_layers)} layer pair(s); rebuild the cache with "
+                "this distiller's map settings"
+            )
 
     def extra_repr(self) -> str:
         return (
