@@ -47,6 +47,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from distill.losses.distiller import MAP_TARGETS
     from distill.losses.functional import AT_FORMS, MAP_DISTANCES, MAP_NORMALIZATIONS
     from distill.optim import OPTIMIZERS, SCHEDULES
+    from distill.teacher_cache import STORAGE_DTYPES
 
     return {
         "stage": STAGES,
@@ -59,6 +60,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "optim.name": OPTIMIZERS,
         "optim.schedule": SCHEDULES,
         "logging.wandb": WANDB_MODES,
+        "teacher_cache.dtype": tuple(STORAGE_DTYPES),
     }
 
 
@@ -143,6 +145,16 @@ class OptimConfig:
 
 
 @dataclass
+class TeacherCacheConfig:
+    """The teacher's logits and maps, computed once per teacher, data and augmentation stream
+    (``distill.TeacherCache``) and read back by every student trained on them."""
+
+    enabled: bool = False
+    dir: str | None = None  # None: <output_dir>/teacher_cache; one sub-folder per key
+    dtype: str = "float16"  # float32 (exact), float16 or bfloat16
+
+
+@dataclass
 class TrainerConfig:
     """Arguments passed to ``lightning.Trainer``."""
 
@@ -185,6 +197,7 @@ class RunConfig:
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="wrn_16_2"))
     student: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -294,6 +307,7 @@ def _validate(cfg: DictConfig) -> None:
             f"optim.milestones={milestones} must be increasing fractions of the epochs in (0, 1)"
         )
     _validate_validation_epochs(cfg)
+    _validate_teacher_cache(cfg)
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.root must name the folder when data.name=imagefolder")
     _validate_models(cfg)
@@ -306,6 +320,17 @@ def stages_to_train(cfg: DictConfig) -> list[str]:
         return [cfg.stage]
     teacher_present = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).is_file()
     return ["student"] if teacher_present else ["teacher", "student"]
+
+
+def _validate_teacher_cache(cfg: DictConfig) -> None:
+    """What a cached teacher cannot stand in for is refused before anything runs."""
+    if not cfg.teacher_cache.enabled:
+        return
+    if cfg.loss.at_weight > 0:
+        raise ConfigError(
+            "teacher_cache.enabled=true with loss.at_weight>0: attention transfer needs the "
+            "teacher's features, which the cache does not hold; set teacher_cache.enabled=false"
+        )
 
 
 def _validate_validation_epochs(cfg: DictConfig) -> None:
