@@ -19,7 +19,7 @@ from distill.losses import (
     explanation_matching,
     kd_loss,
 )
-from distill.models import build_model, list_models
+from distill.models import WeightsError, build_model, list_models
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "GradCAMPlusPlus",
     "KDLoss",
     "LayerPair",
+    "WeightsError",
     "attention_transfer",
     "build_model",
     "cam",
