@@ -145,7 +145,8 @@ def _from_state_dict(
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: cannot build {name}: {_first_line(error)}") from None
     try:
-        load_weights(model, unwrap_state_dict(checkpoint, path), source=str(path), adapt_head=False)
+        state = unwrap_state_dict(checkpoint, path)
+        load_weights(model, state, source=str(path), adapt_head=False, name=name)
     except WeightsError as error:
         raise CheckpointError(str(error)) from None
     info = {"num_classes": num_classes}

@@ -195,7 +195,9 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, **kw
     if weights is not None and is_weights_file(weights):
         model = _build(name, num_classes, None, kwargs)
         state = read_state_dict(weights)
-        model.pretrained_head = load_weights(model, state, source=str(weights), adapt_head=True)
+        model.pretrained_head = load_weights(
+            model, state, source=str(weights), adapt_head=True, name=name
+        )
         return model
     model = _build(name, num_classes, weights, kwargs)
     if weights is not None:

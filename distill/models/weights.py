@@ -148,7 +148,12 @@ def _listing(label: str, keys: list[str]) -> str:
 
 
 def load_weights(
-    model: nn.Module, state: Mapping[str, Tensor], *, source: str, adapt_head: bool
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    source: str,
+    adapt_head: bool,
+    name: str | None = None,
 ) -> bool:
     """Load ``state`` into ``model`` strictly, after fitting its key prefixes.
 
@@ -156,6 +161,7 @@ def load_weights(
         model: a model from :func:`~distill.models.build_model`.
         state: tensors from :func:`read_state_dict`.
         source: what to call the weights in messages (the file name).
+        name: what to call the model in messages (default: its ``model_name`` or class).
         adapt_head: keep the model's freshly initialised classifier when the weights'
             classifier has another shape (another number of classes): a pretrained backbone
             with a new head, to be fine-tuned. When False such a difference is an error.
@@ -190,7 +196,7 @@ def load_weights(
             )
             if keys
         ]
-        name = getattr(model, "model_name", type(model).__name__)
+        name = name or getattr(model, "model_name", type(model).__name__)
         hint = " (another class count: fine-tune it with weights=FILE, stage=teacher)"
         raise WeightsError(
             f"weights {source} do not fit {name}: {'; '.join(parts)}"
