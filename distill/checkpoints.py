@@ -22,7 +22,6 @@ from distill.models.weights import describe_load_error, load_weights, unwrap_sta
 
 __all__ = [
     "EXPORT_FORMAT",
-    "WeightsError",
     "INFERENCE_KEYS",
     "STAGES",
     "CheckpointError",
@@ -51,20 +50,19 @@ class CheckpointError(WeightsError):
 def weights_sha256(weights: nn.Module | Mapping[str, Tensor]) -> str:
     """SHA-256 of a network's tensors: identifies weights whatever file format holds them.
 
-        Keys are taken in sorted order; each contributes its name, dtype, shape and raw bytes.
+    Keys are taken in sorted order; each contributes its name, dtype, shape and raw bytes.
 
-        Args:
-            weights: a module (its ``state_dict()``) or a state_dict.
+    Args:
+        weights: a module (its ``state_dict()``) or a state_dict.
 
-        Returns:
-            The hex digest.
+    Returns:
+        The hex digest.
 
-        Example:
-            >>> from distill.models import WeightsError, build_model
-    from distill.models.weights import describe_load_error, load_weights, unwrap_state_dict
-            >>> model = build_model("wrn_16_1", num_classes=10)
-            >>> weights_sha256(model) == weights_sha256(model.state_dict())
-            True
+    Example:
+        >>> from distill.models import build_model
+        >>> model = build_model("wrn_16_1", num_classes=10)
+        >>> weights_sha256(model) == weights_sha256(model.state_dict())
+        True
     """
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     digest = hashlib.sha256()
