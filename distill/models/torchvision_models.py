@@ -294,6 +294,7 @@ def _load_pretrained(name: str, weights, **model_kwargs) -> nn.Module:
             f"Could not download pretrained weights {weights!r} for {name!r} from "
             f"{weights.url} ({type(exc).__name__}: {exc}). On a machine with internet "
             f"access download that file and place it at {cached} (torch hub cache dir "
-            f"{torch.hub.get_dir()}; change it with TORCH_HOME or torch.hub.set_dir), "
-            "or pass weights=None for random initialisation."
+            f"{torch.hub.get_dir()}; change it with TORCH_HOME or torch.hub.set_dir) or pass "
+            "the file itself as weights (teacher.weights=/path/to/file.pth); or leave weights "
+            "unset for random initialisation."
         ) from exc
