@@ -45,19 +45,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.callbacks import NonFiniteLossError
     from distill.data import DatasetNotFoundError, UnreadableImageError
-    from distill.lightning_modules import CheckpointError
+    from distill.models import WeightsError
     from distill.pipeline import train
 
     try:
         train(cfg, resume_dir=args.resume)
     except (
-        CheckpointError,
+        WeightsError,  # also CheckpointError: weights missing, unsafe, not fitting, not downloadable
         DatasetNotFoundError,
         UnreadableImageError,
         NonFiniteLossError,
     ) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
+    except ConfigError as error:  # found once the data is loaded (e.g. 1x1 maps at its size)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except SIGTERMException:
         return 128 + 15  # the resume hint was printed when the checkpoint was saved
     return 0

@@ -20,7 +20,7 @@ from distill.losses import (
     explanation_matching,
     kd_loss,
 )
-from distill.models import build_model, list_models
+from distill.models import WeightsError, build_model, list_models
 from distill.teacher_cache import TeacherCache, TeacherCacheError
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "TeacherCache",
     "TeacherCacheError",
     "TeacherOutputs",
+    "WeightsError",
     "attention_transfer",
     "build_model",
     "cam",

@@ -174,7 +174,7 @@ class LastCheckpoint(Checkpoint):
         if trainer.global_step == self._saved_step:
             return
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)  # full state: resumable
         if trainer.is_global_zero:
             os.replace(partial, self.path)
         trainer.strategy.barrier("last_checkpoint")
@@ -197,7 +197,7 @@ class InterruptCheckpoint(Callback):
             return
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # full state: resumable
         if trainer.is_global_zero:
             print(
                 f"\ninterrupted ({type(exception).__name__}); saved {self.path}. "

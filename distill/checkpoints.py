@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.models import build_model
+from distill.models import WeightsError, build_model
+from distill.models.weights import describe_load_error, load_weights, unwrap_state_dict
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -42,7 +43,7 @@ INFERENCE_KEYS = ("classes", "mean", "std", "image_size")
 _NETWORKS = {"model_name": "model.", "student_name": "distiller.student."}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WeightsError):
     """A checkpoint that is missing, unreadable or does not fit the expected model."""
 
 
@@ -74,23 +75,22 @@ def weights_sha256(weights: nn.Module | Mapping[str, Tensor]) -> str:
 
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    # A refused weights_only load names the object it refused on a later line.
-    refused = [line for line in lines if line.startswith("WeightsUnpickler error")]
-    if refused:
-        return refused[0].split(" was not an allowed")[0] + ", refused by the weights-only load"
     return lines[0] if lines else "truncated or corrupt"
 
 
 def _read(path: Path, what: str = "checkpoint") -> Any:
-    """``torch.load`` with ``weights_only=True``; every failure is a one-line CheckpointError."""
+    """``torch.load`` with ``weights_only=True`` (``.safetensors``: safetensors); every failure
+    is a one-line CheckpointError, and a file holding pickled code is refused without running it."""
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(
-            f"{what} {path} cannot be read ({type(error).__name__}: {_first_line(error)})"
-        ) from None
+        raise CheckpointError(f"{what} {path} {describe_load_error(error)}") from None
 
 
 def _build(name: str, kwargs: dict, info: dict[str, Any], state: dict, path: Path) -> nn.Module:
@@ -105,6 +105,11 @@ def _build(name: str, kwargs: dict, info: dict[str, Any], state: dict, path: Pat
         model.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit {name}: {_first_line(error)}") from None
+    return _with_info(model, name, kwargs, info)
+
+
+def _with_info(model: nn.Module, name: str, kwargs: dict, info: dict[str, Any]) -> nn.Module:
+    """``model`` in eval mode, carrying what inference needs (``info``, else its defaults)."""
     defaults = getattr(model, "default_cfg", None)
     model.model_name, model.model_kwargs = name, kwargs
     model.num_classes = int(info["num_classes"])
@@ -116,6 +121,34 @@ def _build(name: str, kwargs: dict, info: dict[str, Any], state: dict, path: Pat
     model.image_size = tuple(int(s) for s in size) if size else None
     model.teacher_info = info.get("teacher")
     return model.eval()
+
+
+def _is_toolkit_checkpoint(checkpoint: Any) -> bool:
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return isinstance(hparams, dict) and any(key in hparams for key in _NETWORKS)
+
+
+def _from_state_dict(
+    checkpoint: Any, path: Path, name: str | None, num_classes: int | None, kwargs: dict
+) -> nn.Module:
+    """A network built by name with the plain state_dict of another codebase loaded strictly."""
+    if name is None or num_classes is None:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by this toolkit; to use it as a plain "
+            "state_dict, name its architecture (teacher.name=...)"
+        )
+    kwargs = {key: value for key, value in kwargs.items() if key != "weights"}
+    try:
+        model = build_model(name, num_classes=num_classes, **kwargs)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: cannot build {name}: {_first_line(error)}") from None
+    try:
+        state = unwrap_state_dict(checkpoint, path)
+        load_weights(model, state, source=str(path), adapt_head=False, name=name)
+    except WeightsError as error:
+        raise CheckpointError(str(error)) from None
+    info = {"num_classes": num_classes}
+    return _with_info(model, name, kwargs, info)
 
 
 def _from_checkpoint(checkpoint: Any, path: Path) -> nn.Module:
@@ -237,17 +270,27 @@ def load_classifier(
     *,
     expected_name: str | None = None,
     expected_classes: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Load a teacher for distillation: a checkpoint as :func:`load_model` reads it, plus the
-    checks a config needs. The network is returned in eval mode on ``map_location``.
+    """Load a teacher for distillation: a checkpoint as :func:`load_model` reads it, or a plain
+    ``state_dict`` from any code (``.pt``, ``.pth``, ``.safetensors``; wrapped under
+    ``state_dict`` / ``model`` or with ``module.`` prefixes) for the architecture
+    ``expected_name`` built with ``model_kwargs``. The network is returned in eval mode on
+    ``map_location``.
 
     Raises:
-        CheckpointError: the file is missing or unreadable, or its architecture or class count
-            differs from the expected one; the message names the file and the mismatch.
+        CheckpointError: the file is missing, unreadable or unsafe (pickled code is refused
+            without running it), or its architecture, keys or class count differ from the
+            expected ones; the message names the file and the mismatch.
     """
     path = Path(path)
-    model = _from_checkpoint(_read(path, "teacher checkpoint"), path)
+    checkpoint = _read(path, "teacher checkpoint")
+    if _is_toolkit_checkpoint(checkpoint):
+        model = _from_checkpoint(checkpoint, path)
+    else:
+        kwargs = dict(model_kwargs or {})
+        model = _from_state_dict(checkpoint, path, expected_name, expected_classes, kwargs)
     if expected_name is not None and model.model_name != expected_name:
         raise CheckpointError(
             f"{path} holds a {model.model_name} but the config asks for {expected_name}: "

@@ -96,9 +96,15 @@ class DataConfig:
 class ModelConfig:
     """A network built by ``distill.models.build_model``."""
 
-    name: str = "wrn_16_1"
+    name: str = "wrn_16_1"  # also torchvision names (resnet18) and timm/<name> (pip: distill[timm])
     kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None  # teacher only: trained weights; unset or absent: train first
+    # Starting weights: a pretrained name (torchvision: DEFAULT, IMAGENET1K_V1; timm: DEFAULT) or
+    # a state_dict file (.pt, .pth, .safetensors). Another class count keeps the backbone and
+    # gives a new head, to fine-tune (stage=teacher). None: random initialisation.
+    weights: str | None = None
+    # Teacher only: trained weights (this toolkit's .ckpt, or a state_dict of teacher.name for
+    # the data's classes); unset or absent: train first.
+    checkpoint: str | None = None
     epochs: int = 30
 
 
@@ -353,7 +359,7 @@ def _validate_models(cfg: DictConfig) -> None:
     import torch
 
     from distill.cam import resolve_layer
-    from distill.models import build_model
+    from distill.models import build_model, check_weights
 
     models = {}
     for role in ("teacher", "student"):
@@ -361,9 +367,13 @@ def _validate_models(cfg: DictConfig) -> None:
         try:
             with torch.device("meta"):
                 models[role] = build_model(section.name, num_classes=10, **section.kwargs)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, ImportError) as error:
             message = " ".join(str(error).split())
             raise ConfigError(f"{role}.name={section.name!r}: {message}") from None
+        try:
+            check_weights(section.name, section.weights)
+        except ValueError as error:
+            raise ConfigError(f"{role}.weights={section.weights!r}: {error}") from None
     for key in ("map_layers", "at_layers"):
         for i, pair in enumerate(cfg.loss[key] or []):
             for role in ("teacher", "student"):
@@ -371,6 +381,12 @@ def _validate_models(cfg: DictConfig) -> None:
                     resolve_layer(models[role], pair[role])
                 except ValueError as error:
                     raise ConfigError(f"loss.{key}[{i}].{role}: {error}") from None
+    size = OmegaConf.select(cfg, "data.image_size", default=None)
+    if size:  # else the size is known once the data is loaded; the run checks it then
+        from distill.resolution import check_map_grids
+
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        check_map_grids(cfg, (3, int(height), int(width)))
 
 
 def load_config(name_or_path: str = "quickstart", overrides: list[str] | None = None) -> DictConfig:

@@ -45,6 +45,7 @@ from distill.lightning_modules import ClassifierModule, DistillModule
 from distill.loggers import build_loggers, finish_wandb, stage_summary, wandb_mode
 from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
+from distill.resolution import check_map_grids
 
 __all__ = ["train", "make_run_dir", "RUN_DIR_ENV", "RunResult"]
 
@@ -255,10 +256,13 @@ def _fit_and_test(
     holdout = dm.has_holdout
     trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks, holdout)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        # The toolkit's checkpoints hold tensors and plain containers only: load them safely.
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         last_val = _val_metrics(trainer)  # read before test() replaces the callback metrics
         selected = _selected_checkpoint(trainer, holdout)
-        tested = trainer.test(module, datamodule=dm, ckpt_path=str(selected), verbose=False)
+        tested = trainer.test(
+            module, datamodule=dm, ckpt_path=str(selected), verbose=False, weights_only=True
+        )
     except BaseException:
         finish_wandb(trainer, exit_code=1)  # else a later train() in this process logs into it
         raise
@@ -290,7 +294,12 @@ def _selected_checkpoint(trainer: L.Trainer, holdout: bool) -> Path:
 def _train_teacher(
     cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
 ) -> dict:
-    model = build_model(cfg.teacher.name, num_classes=dm.num_classes, **cfg.teacher.kwargs)
+    model = build_model(
+        cfg.teacher.name,
+        num_classes=dm.num_classes,
+        weights=cfg.teacher.weights,  # pretrained: fine-tuned here on the data's classes
+        **cfg.teacher.kwargs,
+    )
     module = ClassifierModule(
         model,
         model_name=cfg.teacher.name,
@@ -310,6 +319,29 @@ def _train_teacher(
         shutil.copyfile(metrics["checkpoint"], target)
         metrics["saved_to"] = str(target)
     return metrics
+
+
+def _pretrained_teacher(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """The teacher as ``teacher.weights`` gives it, for distillation without fine-tuning: its
+    classifier must come with the weights (the same classes as the data)."""
+    teacher = build_model(
+        cfg.teacher.name, num_classes=num_classes, weights=cfg.teacher.weights, **cfg.teacher.kwargs
+    )
+    if not teacher.pretrained_head:
+        raise CheckpointError(
+            f"teacher.weights={cfg.teacher.weights} has another number of classes than the "
+            f"data ({num_classes}): {cfg.teacher.name} got a new, untrained head. Fine-tune it "
+            "first: stage=all (teacher, then student), or stage=teacher "
+            "teacher.checkpoint=PATH and then stage=student with that checkpoint"
+        )
+    return teacher.eval()
+
+
+def _distils_from_weights(cfg: DictConfig) -> bool:
+    """``stage=student`` with ``teacher.weights`` and no teacher checkpoint file: the student
+    learns from those weights as they are (else from a checkpoint, given or trained here)."""
+    given = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).exists()
+    return cfg.stage == "student" and not given and bool(cfg.teacher.weights)
 
 
 def _teacher_checkpoint(cfg: DictConfig, run_dir: Path, summary: dict) -> Path:
@@ -344,12 +376,26 @@ def _train_student(
     resume: bool,
     extra: list,
     summary: dict,
+    pretrained_teacher: torch.nn.Module | None = None,
 ) -> dict:
-    teacher_path = _teacher_checkpoint(cfg, run_dir, summary)
-    teacher = load_classifier(
-        teacher_path, expected_name=cfg.teacher.name, expected_classes=dm.num_classes
+    if pretrained_teacher is not None:
+        teacher = pretrained_teacher
+        teacher_path = f"{cfg.teacher.name} weights={cfg.teacher.weights}"
+    else:
+        checkpoint = _teacher_checkpoint(cfg, run_dir, summary)
+        teacher = load_classifier(
+            checkpoint,
+            expected_name=cfg.teacher.name,
+            expected_classes=dm.num_classes,
+            model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
+        )
+        teacher_path = str(checkpoint.resolve())
+    student = build_model(
+        cfg.student.name,
+        num_classes=dm.num_classes,
+        weights=cfg.student.weights,
+        **cfg.student.kwargs,
     )
-    student = build_model(cfg.student.name, num_classes=dm.num_classes, **cfg.student.kwargs)
     module = DistillModule(
         _distiller(cfg, teacher, student),
         num_classes=dm.num_classes,
@@ -358,14 +404,14 @@ def _train_student(
         student_name=cfg.student.name,
         teacher_name=cfg.teacher.name,
         model_kwargs=OmegaConf.to_container(cfg.student.kwargs),
-        teacher_path=str(teacher_path.resolve()),
+        teacher_path=teacher_path,
         explanation_metrics=cfg.logging.explanation_metrics,
         **_inference_info(dm),
     )
     trainer, metrics = _fit_and_test(cfg, module, dm, run_dir, "student", resume, extra)
     result.trainers["student"] = trainer
     result.teacher, result.student = teacher, student
-    return metrics | {"teacher_checkpoint": str(teacher_path)}
+    return metrics | {"teacher_checkpoint": teacher_path}
 
 
 def _print_summary(summary: dict) -> None:
@@ -386,20 +432,33 @@ def _print_summary(summary: dict) -> None:
     print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']:.0f} s)")
 
 
-def _check_inputs(cfg: DictConfig, dm: Any, resume: bool) -> None:
-    """Fail before anything is written: missing data, an unusable teacher checkpoint."""
+def _check_inputs(cfg: DictConfig, dm: Any, resume: bool) -> torch.nn.Module | None:
+    """Fail before anything is written: missing data, maps of one pixel under a map loss, an
+    unusable teacher checkpoint or teacher weights. Returns the teacher built from
+    ``teacher.weights`` when the student is distilled from it as is (else None)."""
     if not _launched_worker():
         dm.prepare_data()  # downloads, or one clear error when the data is missing offline
+    dm.setup("fit")  # the image size is known once the splits are loaded (kept for the run)
+    report = check_map_grids(cfg, dm.image_shape)
+    if not _launched_worker():
+        print("explanation map grids: " + "; ".join(report), flush=True)
     teacher_given = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).exists()
+    if _distils_from_weights(cfg):
+        return _pretrained_teacher(cfg, dm.num_classes)
     if cfg.stage == "student" and not resume and not teacher_given:
         raise CheckpointError(
             f"stage=student needs a trained teacher, but teacher.checkpoint="
-            f"{cfg.teacher.checkpoint} does not exist; use stage=all to train one first"
+            f"{cfg.teacher.checkpoint} does not exist; use stage=all to train one first, or "
+            "set teacher.weights to distil from pretrained weights as they are"
         )
     if cfg.stage != "teacher" and teacher_given:
         load_classifier(
-            cfg.teacher.checkpoint, expected_name=cfg.teacher.name, expected_classes=dm.num_classes
+            cfg.teacher.checkpoint,
+            expected_name=cfg.teacher.name,
+            expected_classes=dm.num_classes,
+            model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
         )
+    return None
 
 
 def train(
@@ -423,7 +482,9 @@ def train(
         ``(summary, result)``: the dict written to ``summary.json`` and the built objects.
 
     Raises:
-        CheckpointError, DatasetNotFoundError: before the run directory is created.
+        CheckpointError, WeightsError, DatasetNotFoundError: before the run directory is
+            created.
+        ConfigError: a map loss on a 1x1 map grid at the data's image size (before it too).
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoints are kept).
     """
     start = time.time()
@@ -431,7 +492,7 @@ def train(
     resume = resume_dir is not None
     L.seed_everything(cfg.seed, workers=True)
     dm = _datamodule(cfg)
-    _check_inputs(cfg, dm, resume)
+    pretrained_teacher = _check_inputs(cfg, dm, resume)
     if resume:
         run_dir = Path(resume_dir)
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
@@ -454,7 +515,9 @@ def train(
             summary_path.write_text(json.dumps(summary, indent=2))
     if cfg.stage in ("student", "all"):
         L.seed_everything(cfg.seed, workers=True)
-        student = _train_student(cfg, dm, run_dir, result, resume, extra, summary)
+        student = _train_student(
+            cfg, dm, run_dir, result, resume, extra, summary, pretrained_teacher
+        )
         summary["student"] = student | {"done": True}
         finish_wandb(result.trainers["student"], stage_summary(student))
     summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + time.time() - start

@@ -137,7 +137,7 @@ def test_load_model_errors_name_the_path(run, tmp_path, case):
         "missing": "does not exist",
         "foreign": "is not a checkpoint written by this toolkit",
         "corrupt": "cannot be read",
-        "pickle": "cannot be read .*Unsupported global",
+        "pickle": "refused: .*Unsupported global",
         "stage": "unknown stage 'teacher_2'",
         "empty run": "holds no student checkpoint",
     }[case]

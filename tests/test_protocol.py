@@ -114,7 +114,7 @@ def test_holdout_selects_the_best_checkpoint_and_the_test_split_is_used_once(
     holdout = round(0.1 * 192 / 6) * 6  # tiny shapes: 192 training images, 6 classes
     assert counter.val_images == [holdout] * 3  # every epoch validates on the holdout only
     assert (counter.tests, counter.test_images) == (1, 64)  # the 64 test images, once
-    best = torch.load(run_dir / "teacher" / "best.ckpt", weights_only=False)
+    best = torch.load(run_dir / "teacher" / "best.ckpt", weights_only=True)
     monitor = [v for k, v in best["callbacks"].items() if "val/acc" in k][0]
     assert float(monitor["best_model_score"]) == pytest.approx(teacher["val_acc_best"])
     saved = json.loads((run_dir / "summary.json").read_text())["teacher"]
@@ -132,7 +132,7 @@ def test_without_a_holdout_the_last_checkpoint_is_tested(tiny_overrides, tmp_pat
     assert teacher["checkpoint"] == str(run_dir / "teacher" / "last.ckpt")
     assert not (run_dir / "teacher" / "best.ckpt").exists()  # nothing is selected on the test split
     assert counter.val_images == [64, 64]  # the curves are on the test split: monitoring only
-    last = torch.load(run_dir / "teacher" / "last.ckpt", weights_only=False)
+    last = torch.load(run_dir / "teacher" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 * 3  # 192 images, batch 64, 2 epochs: the final weights
     for key, value in result.teacher.state_dict().items():
         assert torch.equal(last["state_dict"][f"model.{key}"], value), key

@@ -158,7 +158,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, tmp_path)
     (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
     last = run_dir / "teacher" / "last.ckpt"
     assert str(last) in str(info.value)
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     assert (state["epoch"], state["global_step"]) == (0, 3)  # end of epoch 0, not after the NaN
     assert all(
         torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
@@ -196,7 +196,7 @@ class SignalAt(L.Callback):
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 RESUME_OVERRIDES = [
@@ -223,8 +223,8 @@ def _assert_same_run(run_dir: Path, summary: dict, reference_dir: Path, referenc
         assert resumed.keys() == expected.keys()
         for key in expected:
             torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
-    last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=False)
-    final = torch.load(reference_dir / "teacher" / "last.ckpt", weights_only=False)
+    last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=True)
+    final = torch.load(reference_dir / "teacher" / "last.ckpt", weights_only=True)
     assert last["global_step"] == final["global_step"] == 3 * 3  # 3 epochs of 3 batches
     for key in ("epochs", "val_acc", "val_acc_best", "test_acc"):
         assert summary["teacher"][key] == reference["teacher"][key], key
@@ -253,7 +253,7 @@ def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(
     (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
     interrupted = run_dir / "teacher" / "interrupted.ckpt"
     assert interrupted.is_file()
-    assert torch.load(interrupted, map_location="cpu", weights_only=False)["epoch"] == 1
+    assert torch.load(interrupted, map_location="cpu", weights_only=True)["epoch"] == 1
 
     summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
     _assert_same_run(run_dir, summary, reference_dir, reference)
@@ -291,7 +291,7 @@ def test_resume_after_a_hard_kill_continues_from_the_last_epoch(tiny_overrides, 
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
     assert not (run_dir / "teacher" / "interrupted.ckpt").exists()
-    last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (1, 2 * 3)  # the end of epoch 1 (3 batches)
 
     summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)

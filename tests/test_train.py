@@ -99,7 +99,7 @@ def test_two_stages_write_a_complete_run_directory(tiny_overrides, tmp_path, mon
     _assert_same_weights(teacher.state_dict(), load_classifier(teacher_ckpt).state_dict())
     _assert_same_weights(teacher.state_dict(), result.teacher.state_dict())
     assert written["student"]["teacher_checkpoint"] == teacher_ckpt
-    state = torch.load(written["student"]["checkpoint"], map_location="cpu", weights_only=False)
+    state = torch.load(written["student"]["checkpoint"], map_location="cpu", weights_only=True)
     prefix = "distiller.student."
     student_state = {
         k.removeprefix(prefix): v for k, v in state["state_dict"].items() if k.startswith(prefix)

@@ -7,6 +7,9 @@ Importing this package registers every family. Build models by name::
     teacher = build_model("wrn_40_2", num_classes=100)
     student = build_model("wrn_16_2", num_classes=100)
     other = build_model("resnet18", num_classes=10)  # torchvision, random init
+    tuned = build_model("resnet18", num_classes=10, weights="IMAGENET1K_V1")  # new 10-class head
+    mine = build_model("resnet18", num_classes=10, weights="teacher.pth")  # a plain state_dict
+    timm_net = build_model("timm/resnet50.a1_in1k", num_classes=10)  # pip install 'distill[timm]'
 
 Every model exposes ``forward_features`` / ``forward_head`` / ``get_classifier``,
 ``num_features``, ``num_classes``, ``cam_layer`` (the module whose output is the map
@@ -14,18 +17,32 @@ Grad-CAM++ explains), ``has_pooled_linear_head`` and ``default_cfg``.
 """
 
 from . import cifar_resnet, torchvision_models, wide_resnet  # noqa: F401  (registration)
-from ._registry import ModelCfg, build_model, get_model, list_models, register_model
+from ._registry import (
+    TIMM_PREFIX,
+    ModelCfg,
+    build_model,
+    check_weights,
+    get_model,
+    list_models,
+    register_model,
+)
 from .cifar_resnet import CifarResNet
 from .torchvision_models import TorchvisionClassifier
+from .weights import WeightsError, load_weights, read_state_dict
 from .wide_resnet import WideResNet
 
 __all__ = [
     "CifarResNet",
     "ModelCfg",
+    "TIMM_PREFIX",
     "TorchvisionClassifier",
+    "WeightsError",
     "WideResNet",
     "build_model",
+    "check_weights",
     "get_model",
     "list_models",
+    "load_weights",
+    "read_state_dict",
     "register_model",
 ]

@@ -1,12 +1,14 @@
 """Name -> builder registry shared by every model family.
 
 Training configs refer to models by string (``"wrn_40_2"``, ``"resnet18"``), so one
-entry point, :func:`build_model`, resolves three kinds of names:
+entry point, :func:`build_model`, resolves four kinds of names:
 
 1. names registered with :func:`register_model` (the CIFAR families);
 2. any ``wrn_<depth>_<width>`` name, parsed on the fly, so sweeps over WRN variants
    need no new code;
-3. torchvision classification model names, wrapped in
+3. ``timm/<name>``: timm models (optional extra), wrapped in
+   :class:`~distill.models.timm_models.TimmClassifier`;
+4. torchvision classification model names, wrapped in
    :class:`~distill.models.torchvision_models.TorchvisionClassifier`.
 
 Every model built here honours the same contract (``forward_features``,
@@ -20,8 +22,11 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
+
+from .weights import is_weights_file, load_weights, read_state_dict
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -29,7 +34,9 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ModelCfg",
+    "TIMM_PREFIX",
     "build_model",
+    "check_weights",
     "get_model",
     "list_models",
     "register_model",
@@ -67,6 +74,9 @@ class ModelCfg:
 
 
 _MODEL_REGISTRY: dict[str, ModelBuilder] = {}
+
+TIMM_PREFIX = "timm/"
+"""``build_model`` names starting with this are timm models (``timm/resnet50.a1_in1k``)."""
 
 _WRN_NAME = re.compile(r"^wrn_(\d+)_(\d+)$")
 
@@ -143,26 +153,98 @@ def get_model(name: str, **kwargs) -> nn.Module:
     return _MODEL_REGISTRY[name](**kwargs)
 
 
-def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+def build_model(name: str, num_classes: int, *, weights: str | None = None, **kwargs) -> nn.Module:
     """Build any supported model by name; the single entry point for configs.
 
-    Resolution order: registered name, then ``wrn_<depth>_<width>``, then
-    torchvision classification model name.
+    Resolution order: registered name, then ``wrn_<depth>_<width>``, then ``timm/<name>``
+    (timm's ``create_model``; needs ``pip install 'distill[timm]'``), then torchvision
+    classification model name.
+
+    Weights, when given, are either a file or a name:
+
+    - a path (any value with a ``/`` or a ``.pt``/``.pth``/``.bin``/``.safetensors``/``.ckpt``
+      ending): a plain ``state_dict`` saved by any code, for every family;
+    - a pretrained-weights name: torchvision's (``DEFAULT``, ``IMAGENET1K_V1``, ...) or, for
+      timm models, ``DEFAULT`` (the weights of the name's tag).
+
+    The rule for another class count: the pretrained backbone is kept and the classifier is
+    replaced by a freshly initialised one with ``num_classes`` outputs, to be fine-tuned
+    (``stage=teacher``). ``model.pretrained_head`` says whether the classifier came with the
+    weights.
 
     Args:
-        name: Model name (case-insensitive).
+        name: Model name (case-insensitive, except a timm name's tag).
         num_classes: Size of the classifier output.
-        **kwargs: Family-specific options, e.g. ``dropout`` for WRNs or ``weights``
-            for torchvision models.
+        weights: ``None`` (random initialisation; nothing is downloaded), a file or a name.
+        **kwargs: Family-specific options, e.g. ``dropout`` for WRNs.
 
     Returns:
         A model honouring the distill model contract.
 
     Raises:
-        ValueError: For unknown names, invalid WRN depths, or unsupported
-            torchvision families.
+        ValueError: For unknown names, invalid WRN depths, unsupported families, or weights
+            names a family does not have.
+        WeightsError: A weights file that is missing, unsafe or does not fit, or pretrained
+            weights that cannot be downloaded (the message says what to download, and where).
+
+    Example:
+        >>> model = build_model("resnet18", num_classes=10)  # random init, no download
+        >>> model.cam_layer
+        'net.layer4'
     """
+    if weights is not None and is_weights_file(weights):
+        model = _build(name, num_classes, None, kwargs)
+        state = read_state_dict(weights)
+        model.pretrained_head = load_weights(
+            model, state, source=str(weights), adapt_head=True, name=name
+        )
+        return model
+    model = _build(name, num_classes, weights, kwargs)
+    if weights is not None:
+        model.pretrained_head = not getattr(model, "head_replaced", False)
+    return model
+
+
+def check_weights(name: str, weights: str | None) -> None:
+    """Fail fast (no download, no build) on weights ``build_model(name, ...)`` cannot use.
+
+    Raises:
+        ValueError: a weights file that does not exist, or a name the family does not have.
+    """
+    if weights is None:
+        return
+    if is_weights_file(weights):
+        if not Path(weights).is_file():
+            raise ValueError(f"weights file {weights} does not exist")
+        return
     key = name.strip().lower()
+    if key.startswith(TIMM_PREFIX):
+        from .timm_models import PRETRAINED
+
+        if weights != PRETRAINED:
+            raise ValueError(
+                f"timm models take weights={PRETRAINED} (choose the weights with the name's "
+                f"tag, e.g. timm/resnet50.a1_in1k) or a state_dict file, not {weights!r}"
+            )
+        return
+    from .torchvision_models import _resolve_weights, torchvision_model_names
+
+    if key in _MODEL_REGISTRY or _WRN_NAME.match(key) or key not in torchvision_model_names():
+        raise ValueError(
+            f"{name!r} has no named pretrained weights ({weights!r}); give a state_dict file "
+            "instead (weights=path/to/file.pth or .safetensors)"
+        )
+    _resolve_weights(key, weights)
+
+
+def _build(name: str, num_classes: int, weights: str | None, kwargs: dict) -> nn.Module:
+    key = name.strip().lower()
+    named = key in _MODEL_REGISTRY or _WRN_NAME.match(key)
+    if named and weights is not None:
+        raise ValueError(
+            f"{name!r} has no named pretrained weights ({weights!r}); give a state_dict file "
+            "instead (weights=path/to/file.pth or .safetensors)"
+        )
     if key in _MODEL_REGISTRY:
         return _MODEL_REGISTRY[key](num_classes=num_classes, **kwargs)
 
@@ -173,9 +255,17 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         depth, width = int(match.group(1)), int(match.group(2))
         return _wide_resnet(depth, width, num_classes=num_classes, **kwargs)
 
+    if key.startswith(TIMM_PREFIX):
+        from .timm_models import TimmClassifier
+
+        timm_name = name.strip()[len(TIMM_PREFIX) :]
+        return TimmClassifier(timm_name, num_classes=num_classes, weights=weights, **kwargs)
+
     from .torchvision_models import TorchvisionClassifier, torchvision_model_names
 
     if key in torchvision_model_names():
+        if weights is not None:
+            kwargs = {**kwargs, "weights": weights}
         return TorchvisionClassifier(key, num_classes=num_classes, **kwargs)
 
     raise _unknown_name_error(name, list(_MODEL_REGISTRY) + torchvision_model_names())

@@ -50,6 +50,7 @@ import torchvision
 from torch import Tensor, nn
 
 from ._registry import IMAGENET_MEAN, IMAGENET_STD, ModelCfg
+from .weights import WeightsError
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -147,7 +148,8 @@ class TorchvisionClassifier(nn.Module):
 
     Raises:
         ValueError: Unknown name, unsupported family, or unknown weights name.
-        RuntimeError: Pretrained weights were requested but could not be downloaded.
+        WeightsError: Pretrained weights were requested but could not be downloaded (the
+            message names the URL and the file to place in the torch hub cache).
     """
 
     def __init__(
@@ -186,7 +188,10 @@ class TorchvisionClassifier(nn.Module):
         if family.append_relu:
             self.net.features.add_module("relu5", nn.ReLU())
 
-        if resolved is not None and num_classes != self.get_classifier().out_features:
+        self.head_replaced = (
+            resolved is not None and num_classes != self.get_classifier().out_features
+        )
+        if self.head_replaced:
             old = self.get_classifier()
             new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
             nn.init.normal_(new.weight, 0.0, 0.01)
@@ -285,10 +290,11 @@ def _load_pretrained(name: str, weights, **model_kwargs) -> nn.Module:
     except Exception as exc:
         if os.path.exists(cached):
             raise
-        raise RuntimeError(
+        raise WeightsError(
             f"Could not download pretrained weights {weights!r} for {name!r} from "
             f"{weights.url} ({type(exc).__name__}: {exc}). On a machine with internet "
             f"access download that file and place it at {cached} (torch hub cache dir "
-            f"{torch.hub.get_dir()}; change it with TORCH_HOME or torch.hub.set_dir), "
-            "or pass weights=None for random initialisation."
+            f"{torch.hub.get_dir()}; change it with TORCH_HOME or torch.hub.set_dir) or pass "
+            "the file itself as weights (teacher.weights=/path/to/file.pth); or leave weights "
+            "unset for random initialisation."
         ) from exc
