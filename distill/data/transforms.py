@@ -21,6 +21,7 @@ __all__ = [
     "CIFAR100_STD",
     "BatchAugment",
     "Normalize",
+    "resize_uint8",
 ]
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
@@ -173,3 +174,18 @@ class Normalize(nn.Module):
         m = tuple(round(v, 4) for v in self.mean.flatten().tolist())
         s = tuple(round(v, 4) for v in self.std.flatten().tolist())
         return f"mean={m}, std={s}"
+
+
+def resize_uint8(images: Tensor, size: int) -> Tensor:
+    """Antialiased bilinear resize of a uint8 batch ``[N, C, h, w]`` to ``size x size``.
+
+    Works in chunks of 4096 images so that the float copy stays small.
+    """
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
+    for s in range(0, images.shape[0], 4096):
+        chunk = images[s : s + 4096].float()
+        chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
+        out[s : s + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
