@@ -45,7 +45,7 @@ STAGES: tuple[str, ...] = ("all", "teacher", "student")
 def choices() -> dict[str, tuple[str, ...]]:
     """Valid values of the keys that take a choice, read from the modules that own them."""
     from distill.cam import CAM_METHODS
-    from distill.data import DATAMODULES
+    from distill.data import CROPS, DATAMODULES
     from distill.loggers import WANDB_MODES
     from distill.losses.distiller import MAP_TARGETS
     from distill.losses.functional import AT_FORMS, MAP_DISTANCES, MAP_NORMALIZATIONS
@@ -54,6 +54,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "stage": STAGES,
         "data.name": tuple(DATAMODULES),
+        "data.crop": CROPS,
         "loss.map_method": tuple(CAM_METHODS),
         "loss.map_target": MAP_TARGETS,
         "loss.map_normalize": MAP_NORMALIZATIONS,
@@ -105,7 +106,12 @@ class DataConfig:
     batch_size: int = 128  # global batch, split across devices
     num_workers: int = 2
     in_memory: bool = True  # uint8 tensor in memory, batched augmentation on the device
-    augment: bool = True
+    # Model input size (square); None: the images' own size (all equal). shapes: generated size.
+    image_size: int | None = None
+    # Training crop: pad (CIFAR: 4-pixel pad, random crop) or random_resized (ImageNet: area
+    # 0.08-1, ratio 3/4-4/3; evaluation resizes to image_size/0.875, then center-crops).
+    crop: str = "pad"
+    augment: bool = True  # the training crop and a horizontal flip
     # Class-balanced holdout of the training split: validation, checkpoint selection, curves.
     # 0: no holdout (the paper's protocol): validation runs on the test split, the last
     # checkpoint is tested and nothing is selected.
@@ -327,9 +333,24 @@ def _validate(cfg: DictConfig) -> None:
     _validate_validation_epochs(cfg)
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.root must name the folder when data.name=imagefolder")
-    if cfg.data.name == "shapes" and cfg.data.root is not None:
-        raise ConfigError("data.root does not apply to data.name=shapes (generated in memory)")
+    _validate_data(cfg.data)
     _validate_models(cfg)
+
+
+def _validate_data(data: DictConfig) -> None:
+    if data.name == "shapes" and data.root is not None:
+        raise ConfigError("data.root does not apply to data.name=shapes (generated in memory)")
+    if data.image_size is not None and data.image_size < 1:
+        raise ConfigError(f"data.image_size={data.image_size} must be >= 1 (or null)")
+    if data.crop == "random_resized" and data.name == "shapes":
+        raise ConfigError(
+            "data.crop=random_resized does not apply to data.name=shapes: its boxes and masks "
+            "are in the generated pixels; use data.crop=pad"
+        )
+    if data.crop == "random_resized" and data.image_size is None:
+        raise ConfigError(
+            "data.crop=random_resized needs data.image_size (the crop's output size, e.g. 224)"
+        )
 
 
 def stages_to_train(cfg: DictConfig) -> list[str]:

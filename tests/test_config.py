@@ -64,7 +64,10 @@ def test_overrides_switch_variants():
         (["loss.map_distance=l3"], r"choose one of squared_l2, mse, l1, cosine"),
         (["nonsense"], r"key=value"),
         (["data.name=imagefolder"], r"data.root"),
-        (["data.num_train=10"], r"unknown key 'data.num_train' \(did you mean data.shapes.num_train"),
+        (
+            ["data.num_train=10"],
+            r"unknown key 'data.num_train' \(did you mean data.shapes.num_train",
+        ),
         (["data.cache_dir=x"], r"did you mean data.imagefolder.cache_dir"),
         (["data.shapes.root=x"], r"unknown key 'data.shapes.root'"),
         (["data.root=/x"], r"data.root does not apply to data.name=shapes"),

@@ -7,7 +7,8 @@ decoded and augmented lives here, one module per concern:
 * :mod:`~distill.data.sampling`: seeded, sharded, resumable index streams;
 * :mod:`~distill.data.splits`: the holdout and class-balanced subsets;
 * :mod:`~distill.data.storage`: a uint8 tensor split and a per-sample file split, one interface;
-* :mod:`~distill.data.transforms` (batched ops) and :mod:`~distill.data.preprocess` (which
+* :mod:`~distill.data.transforms` and :mod:`~distill.data.geometry` (batched ops: pad-crop,
+  normalisation, resizes, random-resized crops) and :mod:`~distill.data.preprocess` (which
   transforms a datamodule runs, for either storage);
 * :mod:`~distill.data.base`: the datamodule base; one module per dataset
   (:mod:`~distill.data.cifar`, :mod:`~distill.data.imagefolder` with
@@ -20,7 +21,9 @@ from distill.data.builder import DATAMODULES, build_datamodule, datamodule_from_
 from distill.data.cifar import CIFAR10_CLASSES, DEFAULT_DATA_ROOT, CIFARDataModule
 from distill.data.decode import load_image_folder
 from distill.data.errors import DatasetNotFoundError, UnreadableImageError
+from distill.data.geometry import BatchRandomResizedCrop
 from distill.data.imagefolder import ImageFolderDataModule
+from distill.data.preprocess import CROPS, ImageTransforms
 from distill.data.sampling import IndexBatchSampler, ResumableDataLoader, ShardedIndexSampler
 from distill.data.shapes import (
     SHAPES_CLASSES,
@@ -52,12 +55,15 @@ __all__ = [
     "SHAPES_CLASSES",
     "SHAPES_MEAN",
     "SHAPES_STD",
+    "CROPS",
     "BatchAugment",
+    "BatchRandomResizedCrop",
     "CIFARDataModule",
     "DatasetNotFoundError",
     "FileSplit",
     "ImageDataModule",
     "ImageFolderDataModule",
+    "ImageTransforms",
     "IndexBatchSampler",
     "Normalize",
     "ResumableDataLoader",

@@ -1,18 +1,12 @@
 """The datamodule base: storage choice, splits, global batch size, the batched transform hook.
 
-A dataset subclass says where its samples come from, in either storage
-(:mod:`distill.data.storage`): ``_tensor_split(key)`` (decoded once into a uint8 tensor, the fast
-path) or ``_file_split(key)`` (read per sample). ``in_memory`` picks one, once; the holdout,
-subsets, loaders and fixed batches all go through the storage's interface.
-
-Batch sizes are global: each of ``trainer.world_size`` processes loads ``batch_size //
-world_size`` samples, a disjoint shard of the same per-epoch permutation. Shuffling depends only
-on ``(seed, epoch)``, batched augmentation on ``(seed, epoch, rank, batch)``, per-sample
-transforms on ``(seed, epoch, sample index)``: batches do not depend on ``num_workers``, and a
-run resumed mid-epoch continues with the same batches.
-
-Because the datamodule overrides ``on_after_batch_transfer``, Lightning uses it instead of a
-LightningModule's own.
+A dataset subclass gives its samples in either storage (:mod:`distill.data.storage`);
+``in_memory`` picks one, once, and everything else goes through the storage's interface. Batch
+sizes are global (each process loads ``batch_size // world_size``). Shuffling depends only on
+``(seed, epoch)``, batched augmentation on ``(seed, epoch, rank, batch)``, per-sample transforms
+on ``(seed, epoch, index)``: batches do not depend on ``num_workers``, and a run resumed
+mid-epoch continues with the same batches. Because the datamodule overrides
+``on_after_batch_transfer``, Lightning uses it instead of a LightningModule's own.
 """
 
 from __future__ import annotations
@@ -33,6 +27,8 @@ from distill.data.transforms import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 __all__ = ["ImageDataModule"]
 
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
 
 class ImageDataModule(L.LightningDataModule):
     """Shared machinery of every dataset: splits, storage, global batch size, transforms.
@@ -48,10 +44,12 @@ class ImageDataModule(L.LightningDataModule):
         in_memory: Tensor storage with batched transforms (True) or per-sample files (False).
         seed: Seed of shuffling and augmentation (not of the data itself).
         augment: Random crop + flip on the training split.
-        padding: Zero padding of the random crop.
+        padding: Zero padding of the ``pad`` crop.
         drop_last: Drop the last incomplete training batch of each rank.
-        image_size: Resize images to ``image_size x image_size``; ``None`` keeps the native size
-            (which then must be the same for all images).
+        image_size: Model input size (square); ``None`` keeps the native size (which then must
+            be the same for all images).
+        crop: Training crop, ``"pad"`` (CIFAR) or ``"random_resized"`` (ImageNet; evaluation
+            then resizes and center-crops): see :mod:`distill.data.preprocess`.
         mean: Per-channel normalisation mean (``[0, 1]`` scale); subclass default if ``None``.
         std: Per-channel normalisation std; subclass default if ``None``.
         train_fraction, subset_seed, val_fraction: The validation holdout and the class-balanced
@@ -76,6 +74,7 @@ class ImageDataModule(L.LightningDataModule):
         padding: int = 4,
         drop_last: bool = False,
         image_size: int | None = None,
+        crop: str = "pad",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         train_fraction: float = 1.0,
@@ -98,6 +97,7 @@ class ImageDataModule(L.LightningDataModule):
         self.image_size = None if image_size is None else int(image_size)
         self.transforms = ImageTransforms(
             image_size=self.image_size,
+            crop=crop,
             augment=self.augment,
             padding=self.padding,
             mean=mean if mean is not None else self.default_mean,
@@ -152,7 +152,7 @@ class ImageDataModule(L.LightningDataModule):
         return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
 
     def _per_device(self, global_batch: int) -> int:
-        _, world = self._world()
+        world = self._world()[1]
         if global_batch % world:
             raise ValueError(
                 f"global batch size {global_batch} is not divisible by the world size {world}; "
@@ -204,28 +204,20 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits needed for ``stage`` (idempotent: loaded splits are kept)."""
-        needs = {
-            "fit": ("train", "val"),
-            "validate": ("val",),
-            "test": ("test",),
-            "predict": ("test",),
-        }.get(stage or "", SPLITS)
-        for split in needs:
+        for split in _STAGE_SPLITS.get("test" if stage == "predict" else stage or "", SPLITS):
             self._split(split)
 
     def _storage(self, key: str) -> Split:
         """The samples of a storage key in the chosen storage, loaded once."""
         if key not in self._stored:
-            split = self._load(key)
+            if self.in_memory:
+                split = self._tensor_split(key)
+                split = TensorSplit(self.transforms.store(split.images), *split.tensors[1:])
+            else:
+                split = self._file_split(key)
             self._check(key, split)
             self._stored[key] = split
         return self._stored[key]
-
-    def _load(self, key: str) -> Split:
-        if not self.in_memory:
-            return self._file_split(key)
-        split = self._tensor_split(key)
-        return TensorSplit(self.transforms.store(split.images), *split.tensors[1:])
 
     def _split(self, split: str) -> Split:
         """The samples of ``split`` (see :class:`~distill.data.splits.SplitSelection`)."""
@@ -242,7 +234,7 @@ class ImageDataModule(L.LightningDataModule):
         elif self._input_hw != hw:
             raise ValueError(
                 f"split {key!r} has {hw[0]}x{hw[1]} images but another split has "
-                f"{self._input_hw[0]}x{self._input_hw[1]}; set image_size to resize them"
+                f"{self._input_hw[0]}x{self._input_hw[1]}; set data.image_size to resize them"
             )
         labels = split.labels
         if labels.numel() and int(labels.max()) >= self.num_classes:
@@ -302,20 +294,17 @@ class ImageDataModule(L.LightningDataModule):
         return self.fixed_batch(n, "val")
 
     def fixed_batch(self, n: int, split: str = "val") -> tuple[Tensor, Tensor]:
-        """A fixed, class-diverse set of ``n`` samples of an evaluation split.
+        """A fixed, class-diverse set of ``n`` samples of an evaluation split (all if fewer).
 
-        Takes evenly spaced indices over the split (which is class-sorted for ImageFolder and
-        shapes, and so is the holdout), so the same images come back on every call and every
-        run. Loads the split if needed; ``n`` larger than the split gives the whole split.
+        Evenly spaced indices over the split (class-sorted for ImageFolder and shapes, and so
+        is the holdout): the same images on every call and every run.
 
         Returns:
             Normalised float images ``[n, 3, H, W]`` and int64 labels ``[n]``, on the CPU.
         """
         data = self._split(split)
-        total = len(data)
-        n = max(0, min(int(n), total))
-        idx = (torch.arange(n) * total) // max(n, 1)
-        return data.eval_batch(idx, self.transforms)
+        n = max(0, min(int(n), len(data)))
+        return data.eval_batch((torch.arange(n) * len(data)) // max(n, 1), self.transforms)
 
     # ---- batched transforms ------------------------------------------------------------------
 

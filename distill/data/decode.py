@@ -18,9 +18,9 @@ from PIL import Image
 from torch import Tensor
 
 from distill.data.errors import DatasetNotFoundError, UnreadableImageError
-from distill.data.transforms import resize_uint8
+from distill.data.geometry import resize_uint8
 
-__all__ = ["decode_file", "load_image_folder", "scan_folder"]
+__all__ = ["decode_file", "load_image_folder", "pil_rgb", "scan_folder"]
 
 
 def scan_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -50,7 +50,8 @@ def decode_file(path: str) -> Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        return image if image.dtype == torch.uint8 else _to_uint8(image)
     except Exception:  # unsupported by libjpeg/libpng (bmp, tiff, ...) or corrupt: try PIL
         try:
             with Image.open(path) as im:
@@ -60,15 +61,35 @@ def decode_file(path: str) -> Tensor:
             raise UnreadableImageError(f"cannot decode image file '{path}': {e}") from e
 
 
+def _to_uint8(image: Tensor) -> Tensor:
+    """16-bit samples (PNG) to 8 bits by their high byte, as PIL-based readers here do."""
+    if image.dtype != torch.uint16:
+        raise TypeError(f"unsupported sample type {image.dtype}")
+    return (image.to(torch.int32) >> 8).to(torch.uint8)
+
+
+def pil_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: grayscale, RGBA, palette, CMYK, and 16-bit grayscale, whose
+    high byte is kept (PIL's own conversion would clip it at 255)."""
+    if im.mode.startswith("I;16"):
+        import numpy as np
+
+        im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8))
+    return im.convert("RGB")
+
+
 def _pil_rgb_array(im: Image.Image) -> Any:
     import numpy as np
 
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(pil_rgb(im), dtype=np.uint8).copy()
 
 
-def _cache_key(folder: Path, samples: list[tuple[str, int]], image_size: int | None) -> str:
+def _cache_key(
+    folder: Path, samples: list[tuple[str, int]], image_size: int | None, fit: str
+) -> str:
     h = hashlib.sha1()
-    h.update(f"{folder.resolve()}|{image_size}|{len(samples)}".encode())
+    size = image_size if fit == "stretch" else f"{image_size}|{fit}"
+    h.update(f"{folder.resolve()}|{size}|{len(samples)}".encode())
     for path, label in samples:
         st = os.stat(path)
         h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -80,6 +101,7 @@ def load_image_folder(
     image_size: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     num_threads: int | None = None,
+    fit: str = "stretch",
 ) -> tuple[Tensor, Tensor, list[str]]:
     """Decode a whole ImageFolder tree once into ``(uint8 [N,3,H,W], int64 labels, classes)``.
 
@@ -91,6 +113,8 @@ def load_image_folder(
     Args:
         folder: ImageFolder root (``<class>/<image>``).
         image_size: Resize every image to this square size; ``None`` requires equal sizes.
+        fit: How images are resized: ``"stretch"`` to the square, or ``"center"``: the shorter
+            side to ``image_size``, then the central square.
         cache_dir: Where to read/write the decoded tensor cache (``None``: no cache).
         num_threads: Decoding threads (default: ``min(16, 2 * cpu_count)``).
 
@@ -106,7 +130,7 @@ def load_image_folder(
     classes, samples = scan_folder(folder)
     cache_file = None
     if cache_dir is not None:
-        key = _cache_key(folder, samples, image_size)
+        key = _cache_key(folder, samples, image_size, fit)
         cache_file = Path(cache_dir).expanduser() / f"imagefolder-{folder.name}-{key[:20]}.pt"
         if cache_file.is_file():
             try:
@@ -132,9 +156,9 @@ def load_image_folder(
                 if image_size is None:
                     raise UnreadableImageError(
                         f"image '{paths[i]}' is {img.shape[1]}x{img.shape[2]} but "
-                        f"'{paths[0]}' is {h}x{w}; set image_size to resize all images"
+                        f"'{paths[0]}' is {h}x{w}; set data.image_size (image_size) to resize all images"
                     )
-                img = resize_uint8(img[None], h)[0]
+                img = resize_uint8(img[None], h, fit)[0]
             images[i] = img
 
     threads = num_threads or min(16, 2 * (os.cpu_count() or 1))

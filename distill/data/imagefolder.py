@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from distill.data.base import ImageDataModule
-from distill.data.decode import load_image_folder, scan_folder
+from distill.data.decode import load_image_folder, pil_rgb, scan_folder
 from distill.data.errors import UnreadableImageError
 from distill.data.storage import FileSplit, TensorSplit
 
@@ -29,8 +29,9 @@ class ImageFolderDataModule(ImageDataModule):
     in-memory decode, or when the per-sample path loads it); nothing is skipped silently, so the
     dataset never shrinks.
 
-    Images are resized only if ``image_size`` is set; otherwise all must have the same size.
-    The default normalisation is CIFAR-10's (the intended data is a JPEG copy of CIFAR-10); pass
+    Any size and mode (RGB, grayscale, RGBA, palette, CMYK, 16-bit grayscale) is read as 8-bit
+    RGB. With ``image_size`` images of any sizes are resized (see ``crop``); without, all must
+    have the same size. The default normalisation is CIFAR-10's (the intended data is a JPEG copy of CIFAR-10); pass
     ``mean``/``std`` for other data.
 
     Args:
@@ -92,19 +93,20 @@ class ImageFolderDataModule(ImageDataModule):
             scan_folder(self._folder(key))
         if self.in_memory and self.cache_dir is not None:
             for key in keys:
-                self._prepared[key] = load_image_folder(
-                    self._folder(key), self.image_size, self.cache_dir
-                )
+                self._prepared[key] = self._decode(key)
 
     def _tensor_split(self, key: str) -> TensorSplit:
         if key in self._prepared:  # decoded by prepare_data in this very process
             images, labels, classes = self._prepared.pop(key)
         else:
-            images, labels, classes = load_image_folder(
-                self._folder(key), self.image_size, self.cache_dir
-            )
+            images, labels, classes = self._decode(key)
         self._check_classes(key, classes)
         return TensorSplit(images, labels)
+
+    def _decode(self, key: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Decode a split at the size the tensor storage keeps (see ``ImageTransforms``)."""
+        size, fit = self.transforms.decode_size, self.transforms.fit
+        return load_image_folder(self._folder(key), size, self.cache_dir, fit=fit)
 
     def _file_split(self, key: str) -> FileSplit:
         from torchvision.datasets import ImageFolder
@@ -130,12 +132,12 @@ class _CheckedLoader:
     def __call__(self, path: str) -> Image.Image:
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")
+                img = pil_rgb(im)
         except Exception as e:
             raise UnreadableImageError(f"cannot decode image file '{path}': {e}") from e
         if self.size is not None and img.size != self.size:
             raise UnreadableImageError(
                 f"image '{path}' is {img.size[1]}x{img.size[0]} but the split's images are "
-                f"{self.size[1]}x{self.size[0]}; set image_size to resize all images"
+                f"{self.size[1]}x{self.size[0]}; set data.image_size (image_size) to resize all images"
             )
         return img

@@ -215,7 +215,7 @@ class ShapesDataModule(ImageDataModule):
         num_train: Training images.
         num_val: Test images (also the validation images when there is no holdout).
         data_seed: Seed of the generated images.
-        image_size: Generated image size (square).
+        image_size: Generated image size (square); ``None``: 32.
         return_boxes: Val/test batches are ``(images, labels, boxes, masks)`` instead of
             ``(images, labels)``; ``val_boxes`` / ``val_masks`` are available either way.
         **kwargs: Options of :class:`ImageDataModule` (``seed``, ``batch_size``, ...).
@@ -230,15 +230,20 @@ class ShapesDataModule(ImageDataModule):
         num_train: int = 10000,
         num_val: int = 2000,
         data_seed: int = 0,
-        image_size: int = 32,
+        image_size: int | None = 32,
         return_boxes: bool = False,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("crop", "pad") != "pad":
+            raise ValueError(
+                "shapes supports crop='pad' only: its boxes and masks are in the pixels of the "
+                "generated images, which the evaluation must not resize or crop"
+            )
         super().__init__(**kwargs)
         self.num_train = int(num_train)
         self.num_val = int(num_val)
         self.data_seed = int(data_seed)
-        self.shape_size = int(image_size)
+        self.shape_size = 32 if image_size is None else int(image_size)
         self.return_boxes = bool(return_boxes)
         self._generated: dict[str, Any] = {}
 
