@@ -114,8 +114,7 @@ class ImageFolderDataModule(ImageDataModule):
         folder = self._folder(key)
         classes, samples = scan_folder(folder)
         self._check_classes(key, classes)
-        with Image.open(samples[0][0]) as im:
-            first = im.size  # (W, H)
+        first = _CheckedLoader(None)(samples[0][0]).size  # (W, H)
         # With image_size every file is resized; without, each must have the first file's size.
         expected = None if self.image_size is not None else first
         dataset = ImageFolder(str(folder), loader=_CheckedLoader(expected))

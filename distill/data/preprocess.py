@@ -80,7 +80,11 @@ class ImageTransforms:
         self.std = tuple(float(s) for s in std)
         self.normalize = Normalize(self.mean, self.std)
         self.batch_augment = BatchAugment(self.padding, flip=True, generator=seed)
-        self.resized_crop = BatchRandomResizedCrop(image_size or 1, flip=True, generator=seed)
+        self.resized_crop = (
+            BatchRandomResizedCrop(image_size, flip=True, generator=seed)
+            if crop == "random_resized" and image_size is not None
+            else None
+        )
 
     # ---- geometry ----------------------------------------------------------------------------
 
@@ -112,7 +116,8 @@ class ImageTransforms:
     def manual_seed(self, seed: int) -> None:
         """Reset the batched augmentation stream (per batch, for resumable runs)."""
         self.batch_augment.manual_seed(seed)
-        self.resized_crop.manual_seed(seed)
+        if self.resized_crop is not None:
+            self.resized_crop.manual_seed(seed)
 
     def batch(self, batch: Any, train: bool) -> Any:
         """Transform the images of a ``(images, labels, *extras)`` batch of the tensor storage;
@@ -127,7 +132,7 @@ class ImageTransforms:
         """Augment (if enabled) and normalise a stored uint8 training batch."""
         if not self.augment:
             return self.eval_batch(images)
-        if self.crop == "random_resized":
+        if self.resized_crop is not None:
             return self.normalize(self.resized_crop(images))
         return self.normalize(self.batch_augment(images))
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FileSplit",
     "LoaderSpec",
+    "SeededTransformDataset",
     "Split",
     "TensorBatchDataset",
     "TensorImageDataset",
