@@ -18,7 +18,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 __all__ = [
     "ConfigError",
+    "CifarDataConfig",
     "DataConfig",
+    "ImageFolderDataConfig",
+    "ShapesDataConfig",
     "ModelConfig",
     "LossConfig",
     "OptimConfig",
@@ -42,7 +45,7 @@ STAGES: tuple[str, ...] = ("all", "teacher", "student")
 def choices() -> dict[str, tuple[str, ...]]:
     """Valid values of the keys that take a choice, read from the modules that own them."""
     from distill.cam import CAM_METHODS
-    from distill.data import DATAMODULES
+    from distill.data import CROPS, DATAMODULES
     from distill.loggers import WANDB_MODES
     from distill.losses.distiller import MAP_TARGETS
     from distill.losses.functional import AT_FORMS, MAP_DISTANCES, MAP_NORMALIZATIONS
@@ -52,6 +55,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "stage": STAGES,
         "data.name": tuple(DATAMODULES),
+        "data.crop": CROPS,
         "loss.map_method": tuple(CAM_METHODS),
         "loss.map_target": MAP_TARGETS,
         "loss.map_normalize": MAP_NORMALIZATIONS,
@@ -69,27 +73,56 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class CifarDataConfig:
+    """Options of ``data.name=cifar10|cifar100`` only."""
+
+    download: bool = True  # fetch into data.root when missing
+
+
+@dataclass
+class ImageFolderDataConfig:
+    """Options of ``data.name=imagefolder`` only."""
+
+    train_dir: str = "train"  # split folders under data.root
+    val_dir: str = "test"
+    test_dir: str | None = None  # None: val_dir
+    cache_dir: str | None = None  # keep the decoded uint8 tensor here (.pt), in-memory path
+
+
+@dataclass
+class ShapesDataConfig:
+    """Options of ``data.name=shapes`` only."""
+
+    num_train: int = 4000
+    num_val: int = 1000
+    data_seed: int = 0  # seed of the generated images (not of shuffling or augmentation)
+
+
+@dataclass
 class DataConfig:
-    """Dataset and loader settings."""
+    """Dataset and loader settings: shared options, then one section per dataset (only the
+    section of ``name`` is used, so a recipe can switch datasets with ``data.name``)."""
 
     name: str = "shapes"
-    root: str | None = None  # dataset folder; None: a cache directory (downloads go there)
-    download: bool = True
-    train_dir: str = "train"  # imagefolder splits
-    val_dir: str = "test"
+    root: str | None = None  # cifar, imagefolder: dataset folder; None: ~/.cache/distill/data
     batch_size: int = 128  # global batch, split across devices
     num_workers: int = 2
     in_memory: bool = True  # uint8 tensor in memory, batched augmentation on the device
-    cache_dir: str | None = None  # imagefolder: keep the decoded uint8 tensor here (.pt)
-    augment: bool = True
+    # Model input size (square); None: the images' own size (all equal). shapes: generated size.
+    image_size: int | None = None
+    # Training crop: pad (CIFAR: 4-pixel pad, random crop) or random_resized (ImageNet: area
+    # 0.08-1, ratio 3/4-4/3; evaluation resizes to image_size/0.875, then center-crops).
+    crop: str = "pad"
+    augment: bool = True  # the training crop and a horizontal flip
     # Class-balanced holdout of the training split: validation, checkpoint selection, curves.
     # 0: no holdout (the paper's protocol): validation runs on the test split, the last
     # checkpoint is tested and nothing is selected.
     val_fraction: float = 0.1
     train_fraction: float = 1.0  # class-balanced share of what remains (data-scarce runs)
     subset_seed: int = 0  # seed of the holdout and of that share, the same for every method
-    num_train: int = 4000  # shapes only
-    num_val: int = 1000  # shapes only
+    cifar: CifarDataConfig = field(default_factory=CifarDataConfig)
+    imagefolder: ImageFolderDataConfig = field(default_factory=ImageFolderDataConfig)
+    shapes: ShapesDataConfig = field(default_factory=ShapesDataConfig)
 
 
 @dataclass
@@ -247,7 +280,11 @@ def _key_error(error: OmegaConfBaseException, schema: Any, source: str) -> Confi
         node = getattr(node, part, None)
     valid = _schema_keys(node)
     if isinstance(error, ConfigKeyError) and valid:
-        close = difflib.get_close_matches(leaf, valid, n=3)
+        # An option of one dataset lives in its section: data.num_train -> data.shapes.num_train.
+        prefix = f"{parent_path}." if parent_path else ""
+        sections = [name for name in valid if leaf in _schema_keys(getattr(node, name, None))]
+        close = [f"{prefix}{name}.{leaf}" for name in sections]
+        close = close or difflib.get_close_matches(leaf, valid, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         return ConfigError(
             f"{source}: unknown key {key!r}{hint}; valid keys"
@@ -316,7 +353,24 @@ def _validate(cfg: DictConfig) -> None:
     _validate_teacher_cache(cfg)
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.root must name the folder when data.name=imagefolder")
+    _validate_data(cfg.data)
     _validate_models(cfg)
+
+
+def _validate_data(data: DictConfig) -> None:
+    if data.name == "shapes" and data.root is not None:
+        raise ConfigError("data.root does not apply to data.name=shapes (generated in memory)")
+    if data.image_size is not None and data.image_size < 1:
+        raise ConfigError(f"data.image_size={data.image_size} must be >= 1 (or null)")
+    if data.crop == "random_resized" and data.name == "shapes":
+        raise ConfigError(
+            "data.crop=random_resized does not apply to data.name=shapes: its boxes and masks "
+            "are in the generated pixels; use data.crop=pad"
+        )
+    if data.crop == "random_resized" and data.image_size is None:
+        raise ConfigError(
+            "data.crop=random_resized needs data.image_size (the crop's output size, e.g. 224)"
+        )
 
 
 def stages_to_train(cfg: DictConfig) -> list[str]:

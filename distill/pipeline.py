@@ -40,7 +40,7 @@ from distill.callbacks import (
 from distill.checkpoints import CheckpointError, load_classifier
 from distill.config import stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
-from distill.data import build_datamodule
+from distill.data import datamodule_from_config
 from distill.lightning_modules import ClassifierModule, DistillModule
 from distill.loggers import build_loggers, finish_wandb, stage_summary, wandb_mode
 from distill.losses import ExplanationDistiller, LayerPair
@@ -135,15 +135,10 @@ def _write_run_files(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The ``data`` section's fields are the datamodules' arguments; the run adds its seed and
-    whether evaluation batches carry boxes (for the explanation metrics)."""
+    """The ``data`` section (shared options and the chosen dataset's own section); the run adds
+    its seed and whether evaluation batches carry boxes (for the explanation metrics)."""
     data = OmegaConf.to_container(cfg.data)
-    return build_datamodule(
-        data.pop("name"),
-        **data,
-        return_boxes=cfg.logging.explanation_metrics,
-        seed=cfg.seed,
-    )
+    return datamodule_from_config(data, seed=cfg.seed, boxes=cfg.logging.explanation_metrics)
 
 
 def _inference_info(dm: Any) -> dict[str, Any]:

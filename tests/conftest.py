@@ -15,8 +15,8 @@ def _tiny_dotlist(output_dir: Path) -> list[str]:
     """Overrides that make the quickstart recipe run in seconds, writing under ``output_dir``."""
     return [
         f"output_dir={output_dir}",
-        "data.num_train=192",
-        "data.num_val=64",
+        "data.shapes.num_train=192",
+        "data.shapes.num_val=64",
         "data.batch_size=64",
         "data.num_workers=0",
         "teacher.name=wrn_16_1",

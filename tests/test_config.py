@@ -65,6 +65,13 @@ def test_overrides_switch_variants():
         (["nonsense"], r"key=value"),
         (["data.name=imagefolder"], r"data.root"),
         (
+            ["data.num_train=10"],
+            r"unknown key 'data.num_train' \(did you mean data.shapes.num_train",
+        ),
+        (["data.cache_dir=x"], r"did you mean data.imagefolder.cache_dir"),
+        (["data.shapes.root=x"], r"unknown key 'data.shapes.root'"),
+        (["data.root=/x"], r"data.root does not apply to data.name=shapes"),
+        (
             ["trainer.check_val_every_n_epoch=3"],
             r"teacher.epochs=10 is not a multiple of trainer.check_val_every_n_epoch=3",
         ),

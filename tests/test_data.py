@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 
-import distill.data.datamodules as dmod
+import distill.data.decode as decode_module
 from distill.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -40,9 +41,11 @@ from distill.data import (
     ShardedIndexSampler,
     UnreadableImageError,
     build_datamodule,
+    datamodule_from_config,
     load_image_folder,
     make_shapes,
 )
+from distill.data.sampling import mix_seed
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -297,7 +300,7 @@ def test_shapes_datamodule_batches():
     assert x.dtype == torch.float32 and y.dtype == torch.long and y.shape == (32,)
     # eval batches: only normalised, in dataset order
     vx, vy = dm.preprocess(next(iter(dm.val_dataloader())), train=False)
-    val = make_shapes(40, dmod._mix_seed(0, 0x5EED))
+    val = make_shapes(40, mix_seed(0, 0x5EED))
     torch.testing.assert_close(vx, _normalise(val.images[:32], SHAPES_MEAN, SHAPES_STD))
     assert torch.equal(vy, val.labels[:32])
     assert torch.equal(dm.val_boxes, val.boxes) and torch.equal(dm.val_masks, val.masks)
@@ -447,7 +450,7 @@ def test_image_folder_cache(tmp_path, monkeypatch):
     def boom(path):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(dmod, "_decode_file", boom)
+    monkeypatch.setattr(decode_module, "decode_file", boom)
     b = load_image_folder(tmp_path / "train", cache_dir=cache)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     # touching a file changes the key: the cache is rebuilt (here: decode is attempted)
@@ -580,28 +583,38 @@ def test_build_datamodule(tmp_path):
         build_datamodule("mnist")
 
 
-def test_build_datamodule_accepts_flat_config(tmp_path):
-    flat = dict(
-        root=None,
-        download=True,
-        train_dir="train",
-        val_dir="test",
-        batch_size=8,
-        num_workers=0,
-        in_memory=True,
-        augment=True,
-        num_train=16,
-        num_val=8,
-        seed=1,
-    )
-    dm = build_datamodule("shapes", **flat)
+def test_build_datamodule_is_strict(tmp_path):
+    """An option of another dataset, or of none, is an error naming it, never dropped."""
+    dm = build_datamodule("shapes", batch_size=8, num_train=16, num_val=8, seed=1)
     assert isinstance(dm, ShapesDataModule) and dm.num_train == 16 and dm.seed == 1
-    dm = build_datamodule("cifar100", **{**flat, "root": tmp_path})
+    dm = build_datamodule("cifar100", root=tmp_path, download=False, batch_size=8)
     assert isinstance(dm, CIFARDataModule) and dm.name == "cifar100" and dm.root == tmp_path
-    with pytest.raises(ValueError, match="root"):
-        build_datamodule("imagefolder", **flat)
-    with pytest.raises(TypeError, match="batchsize"):
+    with pytest.raises(TypeError, match="'num_train'; it is an option of shapes"):
+        build_datamodule("cifar10", root=tmp_path, num_train=16)
+    with pytest.raises(TypeError, match="'download'; it is an option of cifar10, cifar100"):
+        build_datamodule("imagefolder", root=tmp_path, download=True)
+    with pytest.raises(TypeError, match="'root'; it is an option of"):
+        build_datamodule("shapes", root=None)
+    with pytest.raises(TypeError, match="no option 'batchsize'; valid: .*batch_size"):
         build_datamodule("shapes", batchsize=8)
+    with pytest.raises(TypeError, match="'name'"):
+        build_datamodule("cifar10", name="cifar100")  # fixed by the dataset name
+
+
+def test_datamodule_from_config_uses_the_chosen_section_only(tmp_path):
+    from distill.config import load_config
+
+    cfg = load_config("quickstart", ["data.shapes.num_train=24", "data.imagefolder.train_dir=x"])
+    data = dict(OmegaConf.to_container(cfg.data))
+    dm = datamodule_from_config(data, seed=3, boxes=True)
+    assert isinstance(dm, ShapesDataModule) and dm.num_train == 24 and dm.seed == 3
+    assert dm.return_boxes
+    data.update(name="imagefolder", root=str(tmp_path))
+    dm = datamodule_from_config(data, seed=0, boxes=True)  # no boxes in image folders
+    assert isinstance(dm, ImageFolderDataModule) and dm.train_dir == "x"
+    data.update(name="cifar10", root=str(tmp_path), cifar={"download": False})
+    dm = datamodule_from_config(data, seed=0)
+    assert isinstance(dm, CIFARDataModule) and not dm.download
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -665,7 +678,7 @@ def test_ddp_two_processes(tmp_path):
 
 
 def test_train_fraction_is_a_fixed_class_balanced_subset():
-    from distill.data.datamodules import balanced_subset
+    from distill.data import balanced_subset
 
     labels = torch.arange(6).repeat_interleave(torch.tensor([10, 20, 30, 40, 50, 60]))
     keep = balanced_subset(labels, 0.1, seed=3)
@@ -677,6 +690,5 @@ def test_train_fraction_is_a_fixed_class_balanced_subset():
             num_train=600, num_val=60, batch_size=32, train_fraction=0.25, in_memory=in_memory
         )
         dm.setup("fit")
-        train = dm._split("train")
-        n = len(train[0]) if in_memory else len(train)
+        n = len(dm._split("train"))
         assert n == pytest.approx(150, abs=6)

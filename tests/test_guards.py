@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import distill.data.datamodules as dmod
 from distill import ExplanationDistiller, build_model
 from distill.cam import capture_activations, gradcam_pp
 from distill.data import SHAPES_MEAN, SHAPES_STD, BatchAugment, ShapesDataModule, make_shapes
+from distill.data.sampling import mix_seed
 
 # --------------------------------------------------------------------------------------------
 # Distiller: map targets and the gradient of the map term
@@ -275,7 +275,7 @@ def test_classic_train_items_are_crops_of_the_zero_padded_normalised_image(class
 
 def test_classic_eval_items_are_the_normalised_images(classic):
     dm, _, _ = classic
-    generated = make_shapes(16, dmod._mix_seed(0, 0x5EED))  # the shapes test split
+    generated = make_shapes(16, mix_seed(0, 0x5EED))  # the shapes test split
     dm.setup("test")
     loader = dm.test_dataloader()
     images, labels = next(iter(loader))

@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from distill.config import ConfigError, load_config
-from distill.data import ShapesDataModule
-from distill.data.datamodules import holdout_split
+from distill.data import ShapesDataModule, holdout_split
 from distill.pipeline import train
 
 
 def _labels(dm: ShapesDataModule, split: str) -> torch.Tensor:
     data = dm._split(split)
-    if isinstance(data, tuple):
-        return data[1]
-    return torch.tensor([int(data[i][1]) for i in range(len(data))])
+    if hasattr(data, "images"):  # tensor storage
+        return data.labels
+    return torch.tensor([int(data.dataset[i][1]) for i in range(len(data))])  # decoded
 
 
 def test_holdout_split_is_class_balanced_seeded_and_disjoint():
@@ -40,7 +39,7 @@ def test_validation_is_a_holdout_of_the_training_images_never_the_test_images(in
     full = ShapesDataModule(val_fraction=0.0, **common)
     train_idx, holdout_idx = dm.holdout_indices()
     all_train = full._split("train")
-    train_images = all_train[0] if in_memory else torch.from_numpy(all_train.images)
+    train_images = all_train.images if in_memory else torch.from_numpy(all_train.dataset.images)
     assert len(holdout_idx) == 60 and len(train_idx) == 240
     # Per class: 20% of its training images are held out.
     counts = torch.bincount(_labels(full, "train"), minlength=6)
@@ -51,9 +50,9 @@ def test_validation_is_a_holdout_of_the_training_images_never_the_test_images(in
     assert torch.equal(_labels(dm, "train"), _labels(full, "train")[train_idx])
     assert torch.equal(_labels(dm, "test"), _labels(full, "test"))
     if in_memory:
-        assert torch.equal(dm._split("val")[0], all_train[0][holdout_idx])
+        assert torch.equal(dm._split("val").images, all_train.images[holdout_idx])
     else:
-        image, *_ = dm._split("val")[0]
+        image, *_ = dm._split("val").dataset[0]
         assert torch.equal(
             torch.as_tensor(list(image.getdata())).view(32, 32, 3),
             torch.as_tensor(train_images[holdout_idx[0]]),
@@ -68,10 +67,10 @@ def test_validation_is_a_holdout_of_the_training_images_never_the_test_images(in
 def test_train_fraction_is_taken_from_what_the_holdout_leaves():
     dm = ShapesDataModule(num_train=600, num_val=60, val_fraction=0.1, train_fraction=0.5)
     train_idx, holdout_idx = dm.holdout_indices()
-    assert len(dm._split("train")[1]) == pytest.approx(0.5 * len(train_idx), abs=6)
-    full = ShapesDataModule(num_train=600, num_val=60, val_fraction=0.0)._split("train")[0]
+    assert len(dm._split("train").labels) == pytest.approx(0.5 * len(train_idx), abs=6)
+    full = ShapesDataModule(num_train=600, num_val=60, val_fraction=0.0)._split("train").images
     held_out = full[holdout_idx].flatten(1)
-    trained = dm._split("train")[0].flatten(1)
+    trained = dm._split("train").images.flatten(1)
     assert not (trained[:, None] == held_out[None]).all(-1).any()  # no held-out image trains
 
 

@@ -20,12 +20,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SHAPES_CLASSES", "SHAPES_MEAN", "SHAPES_STD", "ShapesData", "make_shapes"]
+from distill.data.base import ImageDataModule
+from distill.data.sampling import mix_seed
+from distill.data.storage import FileSplit, TensorImageDataset, TensorSplit
+
+__all__ = [
+    "SHAPES_CLASSES",
+    "SHAPES_MEAN",
+    "SHAPES_STD",
+    "ShapesData",
+    "ShapesDataModule",
+    "make_shapes",
+]
 
 SHAPES_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond")
 """Class names, index = label."""
@@ -190,3 +202,99 @@ def make_shapes(num_samples: int, seed: int, image_size: int = 32) -> ShapesData
     return ShapesData(
         images=images, labels=labels.long(), boxes=_boxes_from_masks(masks), masks=masks
     )
+
+
+class ShapesDataModule(ImageDataModule):
+    """The procedural shapes set (:func:`distill.data.shapes.make_shapes`), with boxes/masks.
+
+    The data depends only on ``data_seed`` (train) and a seed derived from it (test), so runs
+    with different ``seed`` (shuffling/augmentation) train on the same images. Validation is
+    the test set, or with ``val_fraction > 0`` a holdout of the training set.
+
+    Args:
+        num_train: Training images.
+        num_val: Test images (also the validation images when there is no holdout).
+        data_seed: Seed of the generated images.
+        image_size: Generated image size (square); ``None``: 32.
+        return_boxes: Val/test batches are ``(images, labels, boxes, masks)`` instead of
+            ``(images, labels)``; ``val_boxes`` / ``val_masks`` are available either way.
+        **kwargs: Options of :class:`ImageDataModule` (``seed``, ``batch_size``, ...).
+    """
+
+    default_mean = SHAPES_MEAN
+    default_std = SHAPES_STD
+    has_boxes = True
+
+    def __init__(
+        self,
+        num_train: int = 10000,
+        num_val: int = 2000,
+        data_seed: int = 0,
+        image_size: int | None = 32,
+        return_boxes: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("crop", "pad") != "pad":
+            raise ValueError(
+                "shapes supports crop='pad' only: its boxes and masks are in the pixels of the "
+                "generated images, which the evaluation must not resize or crop"
+            )
+        super().__init__(**kwargs)
+        self.num_train = int(num_train)
+        self.num_val = int(num_val)
+        self.data_seed = int(data_seed)
+        self.shape_size = 32 if image_size is None else int(image_size)
+        self.return_boxes = bool(return_boxes)
+        self._generated: dict[str, Any] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of shape classes."""
+        return len(SHAPES_CLASSES)
+
+    def _find_classes(self) -> list[str]:
+        return list(SHAPES_CLASSES)
+
+    def _generate(self, key: str) -> ShapesData:
+        if key not in self._generated:
+            if key == "train":
+                self._generated[key] = make_shapes(self.num_train, self.data_seed, self.shape_size)
+            else:
+                seed = mix_seed(self.data_seed, 0x5EED)
+                self._generated[key] = make_shapes(self.num_val, seed, self.shape_size)
+        return self._generated[key]
+
+    def _extras(self, split: str) -> int:
+        return 2 if (self.return_boxes and split != "train") else 0
+
+    def _tensor_split(self, key: str) -> TensorSplit:
+        d = self._generate(key)
+        return TensorSplit(d.images, d.labels, d.boxes, d.masks)
+
+    def _file_split(self, key: str) -> FileSplit:
+        d = self._generate(key)
+        extras = (d.boxes, d.masks) if self.return_boxes else ()  # the holdout needs them too
+        dataset = TensorImageDataset(d.images, d.labels, *extras)
+        return FileSplit(dataset, d.labels, (self.shape_size, self.shape_size))
+
+    def split_extras(self, split: str) -> tuple[Tensor, Tensor]:
+        """int64 ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` and bool ``[N, H, W]`` object masks of an
+        evaluation split (``"val"`` or ``"test"``), in loader order."""
+        if split == "val" and self.has_holdout:
+            d = self._generate("train")
+            holdout = self.holdout_indices()[1]
+            return d.boxes[holdout], d.masks[holdout]
+        if split not in ("val", "test"):
+            raise ValueError(f"boxes exist for the evaluation splits val and test, not {split!r}")
+        d = self._generate("test")
+        return d.boxes, d.masks
+
+    @property
+    def val_boxes(self) -> Tensor:
+        """int64 ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` of the validation split, in loader order."""
+        return self.split_extras("val")[0]
+
+    @property
+    def val_masks(self) -> Tensor:
+        """bool ``[N, H, W]`` object masks of the validation split, in loader order."""
+        return self.split_extras("val")[1]

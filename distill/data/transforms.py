@@ -21,6 +21,8 @@ __all__ = [
     "CIFAR100_STD",
     "BatchAugment",
     "Normalize",
+    "SeededModule",
+    "make_generator",
 ]
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
@@ -29,7 +31,8 @@ CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
 
 
-def _make_generator(generator: torch.Generator | int | None) -> torch.Generator:
+def make_generator(generator: torch.Generator | int | None) -> torch.Generator:
+    """A CPU generator from a generator (used as is), a seed, or ``None`` (random seed)."""
     if isinstance(generator, torch.Generator):
         return generator
     g = torch.Generator()
@@ -40,7 +43,33 @@ def _make_generator(generator: torch.Generator | int | None) -> torch.Generator:
     return g
 
 
-class BatchAugment(nn.Module):
+class SeededModule(nn.Module):
+    """A module that draws random parameters from its own CPU generator (``self.generator``).
+
+    Why: results then depend only on its seed, not on the device or on global RNG state.
+    """
+
+    generator: torch.Generator
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.Generator pickles through shared memory, which breaks under spawn-based
+        # multiprocessing (e.g. Lightning's ddp_spawn); carry its state as plain bytes instead.
+        state = self.__dict__.copy()
+        state["generator"] = self.generator.get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raw = state["generator"]
+        g = torch.Generator()
+        g.set_state(torch.tensor(list(raw), dtype=torch.uint8))
+        self.__dict__.update({**state, "generator": g})
+
+    def manual_seed(self, seed: int) -> None:
+        """Reset the parameter stream (e.g. per batch, for resumable runs)."""
+        self.generator.manual_seed(int(seed))
+
+
+class BatchAugment(SeededModule):
     """Standard CIFAR augmentation for a batch: zero-pad, random crop, random horizontal flip.
 
     Every sample gets its own crop offset and flip. The random parameters are drawn on the CPU
@@ -65,24 +94,7 @@ class BatchAugment(nn.Module):
             raise ValueError(f"padding must be >= 0, got {padding}")
         self.padding = int(padding)
         self.flip = bool(flip)
-        self.generator = _make_generator(generator)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # torch.Generator pickles through shared memory, which breaks under spawn-based
-        # multiprocessing (e.g. Lightning's ddp_spawn); carry its state as plain bytes instead.
-        state = self.__dict__.copy()
-        state["generator"] = self.generator.get_state().numpy().tobytes()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        raw = state["generator"]
-        g = torch.Generator()
-        g.set_state(torch.tensor(list(raw), dtype=torch.uint8))
-        self.__dict__.update({**state, "generator": g})
-
-    def manual_seed(self, seed: int) -> None:
-        """Reset the augmentation stream (e.g. per epoch and rank, for resumable runs)."""
-        self.generator.manual_seed(int(seed))
+        self.generator = make_generator(generator)
 
     def sample_params(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
         """Draw per-sample ``(dy, dx, flip)``: crop offsets in ``[0, 2*padding]`` and flip flags."""
