@@ -216,13 +216,68 @@ def plot(rows: list[dict[str, Any]], path: Path, key: str = "test_acc") -> None:
     image.save(path)
 
 
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``"loss.map_weight=0.001,0.01"`` -> ``("loss.map_weight", ["0.001", "0.01"])``."""
+    key, sep, values = text.partition("=")
+    swept = [v for v in values.split(",") if v]
+    if not sep or not key or not swept:
+        raise ConfigError(
+            f"--sweep {text!r} must look like key=v1,v2 (e.g. loss.map_weight=0,0.01)"
+        )
+    return key, swept
+
+
+def _variants(
+    methods: Sequence[str], sweep: tuple[str, list[str]] | None
+) -> list[tuple[str, str, list[str]]]:
+    """``(row label, method, overrides)`` of every student trained per seed."""
+    if sweep is None:
+        return [(method, method, list(METHODS[method])) for method in methods]
+    key, values = sweep
+    return [
+        (f"{method} {key}={value}", method, [*METHODS[method], f"{key}={value}"])
+        for method in methods
+        for value in values
+    ]
+
+
+def _cache_overrides(base: DictConfig, method_overrides: list[str]) -> list[str]:
+    """Every student reads the teacher's outputs from one cache, keyed by a fixed augmentation
+    stream (``data.augment_seed``): all students see the same augmented batches, and only
+    their initialisation differs between seeds. Attention transfer needs the teacher's
+    features, so its students run the teacher live."""
+    if any(
+        o.startswith("loss.at_weight=") and float(o.split("=")[1]) > 0 for o in method_overrides
+    ):
+        return ["teacher_cache.enabled=false"]
+    stream = base.data.augment_seed if base.data.augment_seed is not None else 0
+    shared = base.teacher_cache.dir or str(Path(base.output_dir) / "teacher_cache")
+    return [
+        "teacher_cache.enabled=true",
+        f"teacher_cache.dir={shared}",
+        f"data.augment_seed={stream}",
+    ]
+
+
 def compare(
     config: str,
     overrides: Sequence[str],
     seeds: Sequence[int],
     methods: Sequence[str],
+    sweep: tuple[str, list[str]] | None = None,
+    cache: bool = True,
 ) -> tuple[list[dict[str, Any]], Path]:
-    """Train the teacher once, then every method at every seed; return the rows and folder."""
+    """Train the teacher once, then every method (and swept value) at every seed; return the
+    rows and the folder.
+
+    Args:
+        config, overrides: the recipe and the overrides of every run.
+        seeds: student seeds.
+        methods: names from :data:`METHODS`.
+        sweep: ``(key, values)``: train each method once per value (e.g. ``loss.map_weight``).
+        cache: students read the teacher's outputs from a :class:`distill.TeacherCache`
+            (built by the first of them) instead of running the teacher.
+    """
     from distill.pipeline import train  # heavy imports
 
     for method in methods:
@@ -256,31 +311,36 @@ def compare(
         "overrides": list(overrides),
         "seeds": list(seeds),
         "methods": list(methods),
+        "sweep": list(sweep) if sweep else None,
+        "teacher_cache": cache,
         "teacher": teacher_ckpt,
     }
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     rows: list[dict[str, Any]] = []
     drops: dict[tuple[str, int], torch.Tensor] = {}
+    variants = _variants(methods, sweep)
     for seed in seeds:
-        for method in methods:
+        for label, _method, method_overrides in variants:
+            run_name = label.replace(" ", "-").replace("=", "")
             cfg: DictConfig = load_config(
                 config,
                 [
                     *common,
-                    *METHODS[method],
+                    *method_overrides,
+                    *(_cache_overrides(base, method_overrides) if cache else []),
                     f"seed={seed}",
                     "stage=student",
                     f"teacher.checkpoint={teacher_ckpt}",
-                    f"name={method}-seed{seed}",
+                    f"name={run_name}-seed{seed}",
                 ],
             )
             summary, result = train(cfg, print_sync=False)
             student = summary["student"]
             dm = result.trainers["student"].datamodule
-            metrics, drops[(method, seed)] = evaluate_student(result.student, dm)
+            metrics, drops[(label, seed)] = evaluate_student(result.student, dm)
             rows.append(
                 {
-                    "method": method,
+                    "method": label,
                     "seed": seed,
                     **{k: v for k, v in student.items() if isinstance(v, int | float)},
                     "selected_on": student["selected_on"],
@@ -289,14 +349,20 @@ def compare(
                 }
             )
             (out / "results.json").write_text(json.dumps(rows, indent=2))
+    ce_label = next((label for label, method, _ in variants if method == "ce"), None)
     for row in rows:
-        baseline = drops.get(("ce", row["seed"]))
+        baseline = drops.get((ce_label, row["seed"]))
         row["win_vs_ce"] = (
             float("nan")
-            if baseline is None or row["method"] == "ce"
+            if baseline is None or row["method"] == ce_label
             else _win_vs(drops[(row["method"], row["seed"])], baseline)
         )
     note = f"config `{config}`, overrides `{' '.join(overrides) or '-'}`, seeds {list(seeds)}"
+    if cache:
+        note += (
+            "; teacher outputs read from a cache: every student saw the same augmented batches "
+            "(data.augment_seed), seeds vary the initialisation"
+        )
     write_results(rows, out, note)
     log_to_wandb(base, out, rows, settings)
     return rows, out
@@ -372,6 +438,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}"
     )
+    parser.add_argument(
+        "--sweep",
+        metavar="KEY=V1,V2",
+        help="train each method once per value, e.g. loss.map_weight=0.001,0.01,0.1",
+    )
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="run the teacher in every student step instead of reading a teacher cache",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
     if args.merge:
@@ -385,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed]
+        sweep = parse_sweep(args.sweep) if args.sweep else None
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -392,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows, out = compare(args.config, args.overrides, seeds, methods)
+    rows, out = compare(args.config, args.overrides, seeds, methods, sweep, args.cache)
     print(f"\n{summarize(rows)}\n\n{PROTOCOL_NOTE}\n\nwritten to {out}")
     return 0
 

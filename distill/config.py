@@ -120,6 +120,9 @@ class DataConfig:
     val_fraction: float = 0.1
     train_fraction: float = 1.0  # class-balanced share of what remains (data-scarce runs)
     subset_seed: int = 0  # seed of the holdout and of that share, the same for every method
+    # Seed of the training order and augmentation; None: the run's seed. Fixed, every student
+    # of a comparison or sweep sees the same batches (and can share one teacher cache).
+    augment_seed: int | None = None
     cifar: CifarDataConfig = field(default_factory=CifarDataConfig)
     imagefolder: ImageFolderDataConfig = field(default_factory=ImageFolderDataConfig)
     shapes: ShapesDataConfig = field(default_factory=ShapesDataConfig)

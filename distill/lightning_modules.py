@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from distill.cam import GradCAMPlusPlus, resize_maps
 from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
-from distill.losses import ExplanationDistiller
+from distill.losses import ExplanationDistiller, TeacherOutputs
 from distill.metrics import (
     AverageDrop,
     EnergyPointingGame,
@@ -31,6 +31,7 @@ from distill.metrics import (
     explanation_confidences,
 )
 from distill.optim import build_optimizer, build_scheduler, param_groups
+from distill.teacher_cache import TeacherCache
 
 __all__ = ["ClassifierModule", "DistillModule", "load_classifier", "CheckpointError"]
 
@@ -88,8 +89,14 @@ class _ClassificationModule(L.LightningModule):
     def trainable(self) -> nn.Module:
         raise NotImplementedError
 
-    def model_step(self, images: Tensor, labels: Tensor, stage: str) -> tuple[Tensor, Tensor]:
+    def model_step(
+        self, images: Tensor, labels: Tensor, stage: str, teacher: TeacherOutputs | None = None
+    ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def cached_teacher(self, batch: tuple[Tensor, ...]) -> TeacherOutputs | None:
+        """The teacher's outputs carried by a training batch (a teacher cache), if any."""
+        return None
 
     def on_train_start(self) -> None:
         # Drop what the sanity check accumulated. ``val_acc_best`` is left alone: the sanity
@@ -117,7 +124,7 @@ class _ClassificationModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch[0], batch[1]
-        loss, logits = self.model_step(images, labels, "train")
+        loss, logits = self.model_step(images, labels, "train", self.cached_teacher(batch))
         self.train_acc(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -212,7 +219,9 @@ class ClassifierModule(_ClassificationModule):
     def explained_models(self) -> dict[str, nn.Module]:
         return {"model": self.model}
 
-    def model_step(self, images: Tensor, labels: Tensor, stage: str) -> tuple[Tensor, Tensor]:
+    def model_step(
+        self, images: Tensor, labels: Tensor, stage: str, teacher: TeacherOutputs | None = None
+    ) -> tuple[Tensor, Tensor]:
         logits = self.model(images)
         return F.cross_entropy(logits, labels), logits
 
@@ -235,6 +244,9 @@ class DistillModule(_ClassificationModule):
         student_name, teacher_name: the ``build_model`` names of the two networks.
         model_kwargs: extra ``build_model`` keyword arguments of the student.
         teacher_path: the teacher's checkpoint, recorded in the student's checkpoints.
+        teacher_cache: read the teacher's training outputs from this cache (the datamodule
+            appends them to each training batch, see ``attach_teacher_cache``) instead of
+            running the teacher; validation still runs it.
         **options: ``explanation_metrics``, ``mean``, ``std``, ``classes``, ``image_size``.
     """
 
@@ -248,11 +260,13 @@ class DistillModule(_ClassificationModule):
         teacher_name: str = "",
         model_kwargs: dict[str, Any] | None = None,
         teacher_path: str | None = None,
+        teacher_cache: TeacherCache | None = None,
         **options: Any,
     ) -> None:
         super().__init__(num_classes, optim, epochs, **options)
-        self.save_hyperparameters(ignore=["distiller"])
+        self.save_hyperparameters(ignore=["distiller", "teacher_cache"])
         self.distiller = distiller
+        self.teacher_cache = teacher_cache
         # Hashed once, as loaded: the teacher is frozen, so this is what every checkpoint records.
         self.teacher_sha256 = weights_sha256(distiller.teacher)
         self.val_agreement = TopOneAgreement()
@@ -265,9 +279,14 @@ class DistillModule(_ClassificationModule):
     def explained_models(self) -> dict[str, nn.Module]:
         return {"teacher": self.distiller.teacher, "student": self.distiller.student}
 
-    def model_step(self, images: Tensor, labels: Tensor, stage: str) -> tuple[Tensor, Tensor]:
+    def cached_teacher(self, batch: tuple[Tensor, ...]) -> TeacherOutputs | None:
+        return None if self.teacher_cache is None else self.teacher_cache.unpack(batch[-1])
+
+    def model_step(
+        self, images: Tensor, labels: Tensor, stage: str, teacher: TeacherOutputs | None = None
+    ) -> tuple[Tensor, Tensor]:
         if stage == "train":
-            out = self.distiller(images, labels)
+            out = self.distiller(images, labels, teacher=teacher)
             for name, value in out.parts.items():
                 self.log(f"train/{name}", value, on_step=True, on_epoch=True)
             return out.loss, out.logits

@@ -37,15 +37,16 @@ from distill.callbacks import (
     LastCheckpoint,
     MapImageCallback,
 )
-from distill.checkpoints import CheckpointError, load_classifier
+from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
 from distill.config import stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
-from distill.data import datamodule_from_config
+from distill.data import SECTIONS, datamodule_from_config
 from distill.lightning_modules import ClassifierModule, DistillModule
 from distill.loggers import build_loggers, finish_wandb, stage_summary, wandb_mode
 from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
 from distill.resolution import check_map_grids
+from distill.teacher_cache import TeacherCache, open_or_build_teacher_cache
 
 __all__ = ["train", "make_run_dir", "RUN_DIR_ENV", "RunResult"]
 
@@ -363,6 +364,43 @@ def _distiller(
     return ExplanationDistiller(teacher, student, **options)
 
 
+def _teacher_cache(cfg: DictConfig, distiller: ExplanationDistiller, dm: Any) -> TeacherCache:
+    """The run's teacher cache, built on first use. Its key is everything that changes what
+    the teacher sees or returns: its weights, the data and its stream, the map settings, the
+    precision and the process layout."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    own = data.get(SECTIONS[cfg.data.name])  # the other datasets' sections are not read
+    for unused in ("num_workers", "augment_seed", *SECTIONS.values()):
+        data.pop(unused, None)  # no effect on the batches; in stream_seed; sections
+    data["options"] = own
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    layout = ("accelerator", "devices", "num_nodes", "strategy", "precision", "deterministic")
+    key = {
+        "teacher_sha256": weights_sha256(distiller.teacher),
+        "data": data,
+        "stream_seed": dm.stream_seed,
+        "map": {
+            "method": cfg.loss.map_method,
+            "target": cfg.loss.map_target,
+            "layers": [[p.student, p.teacher] for p in distiller.map_layers],
+        },
+        "trainer": {k: trainer[k] for k in (*layout, "limit_train_batches")},
+    }
+    return open_or_build_teacher_cache(
+        cfg.teacher_cache.dir or Path(cfg.output_dir) / "teacher_cache",
+        key,
+        distiller=distiller,
+        datamodule=dm,
+        epochs=cfg.student.epochs,
+        dtype=cfg.teacher_cache.dtype,
+        trainer_kwargs={
+            **{k: trainer[k] for k in layout},
+            "limit_train_batches": trainer["limit_train_batches"],
+            "enable_progress_bar": trainer["enable_progress_bar"],
+        },
+    )
+
+
 def _train_student(
     cfg: DictConfig,
     dm: Any,
@@ -391,8 +429,11 @@ def _train_student(
         weights=cfg.student.weights,
         **cfg.student.kwargs,
     )
+    distiller = _distiller(cfg, teacher, student)
+    cache = _teacher_cache(cfg, distiller, dm) if cfg.teacher_cache.enabled else None
+    dm.attach_teacher_cache(cache)
     module = DistillModule(
-        _distiller(cfg, teacher, student),
+        distiller,
         num_classes=dm.num_classes,
         optim=OmegaConf.to_container(cfg.optim),
         epochs=cfg.student.epochs,
@@ -400,10 +441,13 @@ def _train_student(
         teacher_name=cfg.teacher.name,
         model_kwargs=OmegaConf.to_container(cfg.student.kwargs),
         teacher_path=teacher_path,
+        teacher_cache=cache,
         explanation_metrics=cfg.logging.explanation_metrics,
         **_inference_info(dm),
     )
     trainer, metrics = _fit_and_test(cfg, module, dm, run_dir, "student", resume, extra)
+    if cache is not None:
+        metrics["teacher_cache"] = str(cache.directory)
     result.trainers["student"] = trainer
     result.teacher, result.student = teacher, student
     return metrics | {"teacher_checkpoint": teacher_path}

@@ -18,16 +18,24 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor
 
-from distill.losses.distiller import TeacherOutputs
+from distill.losses.distiller import ExplanationDistiller, TeacherOutputs
 
-__all__ = ["STORAGE_DTYPES", "TeacherCache", "TeacherCacheError", "cache_key_digest"]
+__all__ = [
+    "STORAGE_DTYPES",
+    "TeacherCache",
+    "TeacherCacheError",
+    "cache_key_digest",
+    "open_or_build_teacher_cache",
+]
 
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -83,6 +91,13 @@ class TeacherCache:
         # torch.from_file maps the file; ``shared=True`` writes through to it.
         flat = torch.from_file(str(self.values_path), shared=writable, size=numel, dtype=self.dtype)
         self.values = flat.view(self.epochs, self.num_samples, self.row)
+        # Which (epoch, sample) rows were written: a read of any other row is refused.
+        self.written = torch.from_file(
+            str(self.directory / "written.bin"),
+            shared=writable,
+            size=self.epochs * self.num_samples,
+            dtype=torch.bool,
+        ).view(self.epochs, self.num_samples)
 
     @property
     def values_path(self) -> Path:
@@ -138,6 +153,8 @@ class TeacherCache:
         size = cls.disk_bytes(epochs, num_samples, num_classes, header["map_shapes"], dtype)
         with open(directory / "values.bin", "wb") as f:
             f.truncate(size)  # sparse until written
+        with open(directory / "written.bin", "wb") as f:
+            f.truncate(int(epochs) * int(num_samples))
         cache = cls(directory, header, writable=True)
         cache._save_header()
         return cache
@@ -198,24 +215,41 @@ class TeacherCache:
         row = torch.cat(parts, dim=1).to("cpu", self.dtype)
         if row.shape[1] != self.row:
             raise TeacherCacheError(f"a row has {row.shape[1]} values, the cache holds {self.row}")
-        self.values[int(epoch)].index_copy_(0, indices.to("cpu", torch.long), row)
+        index = indices.to("cpu", torch.long)
+        self.values[int(epoch)].index_copy_(0, index, row)
+        self.written[int(epoch)].index_fill_(0, index, True)
 
-    def read(self, epoch: int, indices: Tensor, device: torch.device | str) -> TeacherOutputs:
-        """The teacher outputs of ``(epoch, indices)``, as float32 on ``device``."""
+    def rows(self, epoch: int, indices: Tensor) -> Tensor:
+        """The stored rows of ``(epoch, indices)`` (host memory, storage dtype); see
+        :meth:`unpack`. Refuses rows that were never written."""
         epoch = int(epoch)
         if not 0 <= epoch < self.epochs:
             raise TeacherCacheError(
                 f"epoch {epoch} is outside the cache, which holds epochs 0..{self.epochs - 1}: "
                 "build it for at least as many epochs as the student trains"
             )
-        rows = self.values[epoch].index_select(0, indices.to("cpu", torch.long))
-        rows = rows.to(device, non_blocking=True).float()
+        index = indices.to("cpu", torch.long)
+        if not bool(self.written[epoch].index_select(0, index).all()):
+            raise TeacherCacheError(
+                f"the teacher cache at {self.directory} holds no outputs for some samples of "
+                f"epoch {epoch}: it was built for another stream (batches, "
+                "limit_train_batches or world size); delete the folder to rebuild it"
+            )
+        return self.values[epoch].index_select(0, index)
+
+    def unpack(self, rows: Tensor) -> TeacherOutputs:
+        """Rows (on any device) as float32 :class:`TeacherOutputs`."""
+        rows = rows.float()
         logits = rows[:, : self.num_classes]
         maps, start = [], self.num_classes
         for h, w in self.map_shapes:
             maps.append(rows[:, start : start + h * w].reshape(-1, h, w))
             start += h * w
         return TeacherOutputs(logits, tuple(maps))
+
+    def read(self, epoch: int, indices: Tensor, device: torch.device | str) -> TeacherOutputs:
+        """The teacher outputs of ``(epoch, indices)``, as float32 on ``device``."""
+        return self.unpack(self.rows(epoch, indices).to(device, non_blocking=True))
 
     def __repr__(self) -> str:
         size = self.nbytes / 2**20
@@ -231,3 +265,105 @@ def human_bytes(n: float) -> str:
     units = ["B", "KiB", "MiB", "GiB", "TiB"]
     i = min(int(math.log(max(n, 1), 1024)), len(units) - 1)
     return f"{n / 1024**i:.1f} {units[i]}"
+
+
+class _TeacherCacheWriter(L.LightningModule):
+    """Runs the teacher over the training stream, batch for batch as a student would see it,
+    and stores its outputs. No optimizer: nothing is trained."""
+
+    def __init__(self, distiller: ExplanationDistiller, cache: TeacherCache) -> None:
+        super().__init__()
+        self.distiller = distiller
+        self.cache = cache
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        images, labels, index = batch[0], batch[1], batch[-1]
+        outputs = self.distiller.teacher_outputs(images, labels)  # grad only where maps need it
+        self.cache.write(self.current_epoch, index, outputs)
+
+    def on_train_epoch_end(self) -> None:
+        self.trainer.strategy.barrier()  # every rank has written its shard
+        if self.trainer.is_global_zero:
+            self.cache.mark_complete(self.current_epoch)
+
+    def configure_optimizers(self) -> None:
+        return None
+
+
+def _cache_layout(distiller: ExplanationDistiller, image_shape: tuple[int, ...]) -> tuple:
+    """``(num_classes, map_shapes)`` of the teacher's outputs, from a two-image probe."""
+    device = next(distiller.teacher.parameters()).device
+    probe = torch.zeros(2, *image_shape, device=device)
+    outputs = distiller.teacher_outputs(probe, torch.zeros(2, dtype=torch.long, device=device))
+    return outputs.logits.shape[1], [tuple(m.shape[1:]) for m in outputs.maps]
+
+
+def open_or_build_teacher_cache(
+    directory: str | Path,
+    key: Mapping[str, Any],
+    *,
+    distiller: ExplanationDistiller,
+    datamodule: Any,
+    epochs: int,
+    dtype: str = "float16",
+    trainer_kwargs: Mapping[str, Any] | None = None,
+) -> TeacherCache:
+    """The cache of ``key`` under ``directory/<hash of key>``, built first if it is missing,
+    incomplete or shorter than ``epochs``.
+
+    Building runs the teacher once over ``epochs`` epochs of ``datamodule``'s training stream
+    in a Lightning loop (``trainer_kwargs``: accelerator, devices, precision, ... as the
+    student's), so each batch, its augmentation and its precision are the student's. The
+    global RNG state is restored afterwards: a run that builds the cache trains the same
+    student as one that finds it.
+    """
+    key = {**key, "dtype": dtype}  # what is stored is part of what is asked for
+    folder = Path(directory) / cache_key_digest(key)
+    try:
+        cache = TeacherCache.open(folder, key)
+        if cache.is_complete() and cache.epochs >= epochs:
+            print(f"teacher cache: reading {cache}")
+            return cache
+        reason = f"it holds {len(cache.complete_epochs)} complete epoch(s) of {epochs} needed"
+    except TeacherCacheError:
+        if (folder / "header.json").is_file():
+            raise  # another key under this key's hash, or an old format: never overwrite it
+        reason = "none exists yet"
+    datamodule.setup("fit")
+    num_classes, map_shapes = _cache_layout(distiller, datamodule.image_shape)
+    size = TeacherCache.disk_bytes(
+        epochs, datamodule.split_size("train"), num_classes, map_shapes, dtype
+    )
+    print(f"teacher cache: building {folder} ({human_bytes(size)} on disk), since {reason}")
+    cache = TeacherCache.create(
+        folder,
+        key,
+        epochs=epochs,
+        num_samples=datamodule.split_size("train"),
+        num_classes=num_classes,
+        map_shapes=map_shapes,
+        dtype=dtype,
+    )
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    datamodule.index_train_batches = True
+    try:
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            # Nothing is validated or optimised on purpose.
+            warnings.filterwarnings("ignore", message=".*no `validation_step`")
+            warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`")
+            trainer = L.Trainer(
+                max_epochs=epochs,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+                num_sanity_val_steps=0,
+                **dict(trainer_kwargs or {}),
+            )
+            trainer.fit(_TeacherCacheWriter(distiller, cache), datamodule=datamodule)
+    finally:
+        datamodule.index_train_batches = False
+    if not cache.is_complete():
+        raise TeacherCacheError(f"building the teacher cache at {folder} stopped early")
+    return TeacherCache.open(folder, key)

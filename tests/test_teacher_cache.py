@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,7 +69,8 @@ def test_float32_storage_round_trips_exactly_and_persists(tmp_path):
     assert torch.equal(back.logits, outputs.logits)
     assert torch.equal(back.maps[0], outputs.maps[0])
     assert cache.complete_epochs == {1} and not cache.is_complete()
-    assert torch.equal(cache.read(0, torch.tensor([1]), "cpu").logits, torch.zeros(1, 3))
+    with pytest.raises(TeacherCacheError, match="holds no outputs for some samples of epoch 0"):
+        cache.read(0, torch.tensor([1]), "cpu")
     assert (tmp_path / "c" / "values.bin").stat().st_size == 2 * 5 * (3 + 4) * 4
 
 
@@ -87,3 +91,72 @@ def test_a_cache_for_other_settings_is_refused_naming_the_difference(tmp_path):
     cache = TeacherCache.open(tmp_path / "c", {"teacher": "abc", "augment_seed": 0})
     with pytest.raises(TeacherCacheError, match="outside the cache"):
         cache.read(2, torch.tensor([0]), "cpu")
+
+
+def _student_weights(summary: dict) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(summary["student"]["checkpoint"], map_location="cpu", weights_only=True)
+    return {k: v for k, v in ckpt["state_dict"].items() if k.startswith("distiller.student.")}
+
+
+@pytest.fixture(scope="module")
+def shapes_teacher(tmp_path_factory, tiny_overrides_for):
+    """A trained tiny teacher, shared by the cached and live students below."""
+    from distill.config import load_config
+    from distill.pipeline import train
+
+    out = tmp_path_factory.mktemp("teacher")
+    path = out / "teacher.ckpt"
+    overrides = [*tiny_overrides_for(out), "stage=teacher", f"teacher.checkpoint={path}"]
+    train(load_config("quickstart", overrides))
+    return path, out
+
+
+def _student(teacher, tiny_overrides_for, *extra):
+    from distill.config import load_config
+    from distill.pipeline import train
+
+    path, out = teacher
+    overrides = [
+        *tiny_overrides_for(out),
+        "stage=student",
+        f"teacher.checkpoint={path}",
+        "student.epochs=2",
+        "data.augment_seed=7",
+        "loss.map_weight=0.5",
+        *extra,
+    ]
+    return train(load_config("quickstart", overrides))[0]
+
+
+def test_a_float32_cached_run_trains_the_same_student_as_a_live_run(
+    shapes_teacher, tiny_overrides_for, monkeypatch
+):
+    monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
+    live = _student(shapes_teacher, tiny_overrides_for)
+    cache = ["teacher_cache.enabled=true", "teacher_cache.dtype=float32"]
+    built = _student(shapes_teacher, tiny_overrides_for, *cache)  # builds the cache
+    read = _student(shapes_teacher, tiny_overrides_for, *cache)  # finds it
+    assert built["student"]["teacher_cache"] == read["student"]["teacher_cache"]
+    reference = _student_weights(live)
+    for summary in (built, read):
+        weights = _student_weights(summary)
+        assert weights.keys() == reference.keys()
+        assert all(torch.equal(weights[k], reference[k]) for k in reference)
+        assert summary["student"]["test_acc"] == live["student"]["test_acc"]
+
+
+def test_half_storage_is_its_own_cache_and_another_stream_is_another_cache(
+    shapes_teacher, tiny_overrides_for, monkeypatch
+):
+    monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
+    half = _student(shapes_teacher, tiny_overrides_for, "teacher_cache.enabled=true")
+    other = _student(
+        shapes_teacher, tiny_overrides_for, "teacher_cache.enabled=true", "data.augment_seed=8"
+    )
+    assert half["student"]["teacher_cache"] != other["student"]["teacher_cache"]
+    cache = TeacherCache.open(
+        half["student"]["teacher_cache"],
+        json.loads((Path(half["student"]["teacher_cache"]) / "header.json").read_text())["key"],
+    )
+    assert cache.dtype == torch.float16 and cache.is_complete() and cache.epochs == 2
+    assert bool(cache.written.all())  # every (epoch, sample) of the stream was written

@@ -17,7 +17,7 @@ decoded and augmented lives here, one module per concern:
 """
 
 from distill.data.base import ImageDataModule
-from distill.data.builder import DATAMODULES, build_datamodule, datamodule_from_config
+from distill.data.builder import DATAMODULES, SECTIONS, build_datamodule, datamodule_from_config
 from distill.data.cifar import CIFAR10_CLASSES, DEFAULT_DATA_ROOT, CIFARDataModule
 from distill.data.decode import load_image_folder
 from distill.data.errors import DatasetNotFoundError, UnreadableImageError
@@ -47,6 +47,7 @@ from distill.data.transforms import (
 __all__ = [
     "CIFAR10_CLASSES",
     "DATAMODULES",
+    "SECTIONS",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "CIFAR100_MEAN",

@@ -43,6 +43,9 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: Pin host batches for faster host-to-GPU copies.
         in_memory: Tensor storage with batched transforms (True) or per-sample files (False).
         seed: Seed of shuffling and augmentation (not of the data itself).
+        augment_seed: Seed of the training stream (order and augmentation) when it must not
+            follow ``seed``: students of different seeds then see the same batches, which is
+            what lets them share a :class:`distill.TeacherCache`. ``None``: ``seed``.
         augment: Random crop + flip on the training split.
         padding: Zero padding of the ``pad`` crop.
         drop_last: Drop the last incomplete training batch of each rank.
@@ -80,6 +83,7 @@ class ImageDataModule(L.LightningDataModule):
         train_fraction: float = 1.0,
         subset_seed: int = 0,
         val_fraction: float = 0.0,
+        augment_seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -91,6 +95,7 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.in_memory = bool(in_memory)
         self.seed = int(seed)
+        self.augment_seed = None if augment_seed is None else int(augment_seed)
         self.augment = bool(augment)
         self.padding = int(padding)
         self.drop_last = bool(drop_last)
@@ -102,8 +107,10 @@ class ImageDataModule(L.LightningDataModule):
             padding=self.padding,
             mean=mean if mean is not None else self.default_mean,
             std=std if std is not None else self.default_std,
-            seed=self.seed,
+            seed=self.stream_seed,
         )
+        self.teacher_cache: Any = None  # see attach_teacher_cache
+        self.index_train_batches = False  # training batches end with their sample indices
         self._train_sampler: ShardedIndexSampler | None = None
         self._stored: dict[str, Split] = {}  # storage key -> its samples
         self._views: dict[str, Split] = {}  # split -> its samples (a view of a storage key)
@@ -111,6 +118,19 @@ class ImageDataModule(L.LightningDataModule):
         self._input_hw: tuple[int, int] | None = None  # model input size, the same in every split
 
     # ---- properties ------------------------------------------------------------------------
+
+    @property
+    def stream_seed(self) -> int:
+        """Seed of the training order and augmentation: ``augment_seed``, else ``seed``."""
+        return self.seed if self.augment_seed is None else self.augment_seed
+
+    def attach_teacher_cache(self, cache: Any) -> None:
+        """Read the teacher's outputs for every training batch from ``cache``.
+
+        Training batches then end with the cache's rows for ``(epoch, their samples)``, read
+        on the host before the transfer (a :class:`distill.TeacherCache`; ``None`` detaches).
+        """
+        self.teacher_cache = cache
 
     @property
     def num_classes(self) -> int:
@@ -174,6 +194,10 @@ class ImageDataModule(L.LightningDataModule):
     def has_holdout(self) -> bool:
         """Whether validation runs on a holdout of the training split (not on the test split)."""
         return self.selection.has_holdout
+
+    def split_size(self, split: str) -> int:
+        """Number of samples of ``split`` (loads it if needed)."""
+        return len(self._split(split))
 
     def holdout_indices(self) -> tuple[Tensor, Tensor]:
         """``(train, holdout)`` indices into the full training split (``val_fraction > 0``)."""
@@ -248,13 +272,14 @@ class ImageDataModule(L.LightningDataModule):
         spec = LoaderSpec(
             batch_size=self.batch_size_per_device if train else self.eval_batch_size_per_device,
             train=train,
-            seed=self.seed,
+            seed=self.stream_seed if train else self.seed,
             rank=rank,
             world=world,
             drop_last=train and self.drop_last,
             keep=2 + self._extras(split),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            with_index=train and (self.index_train_batches or self.teacher_cache is not None),
         )
         loader = self._split(split).loader(spec, self.transforms)
         if train:
@@ -325,5 +350,14 @@ class ImageDataModule(L.LightningDataModule):
             # One seed per (epoch, rank, batch): a run resumed mid-epoch augments the remaining
             # batches exactly as an uninterrupted run would.
             epoch, rank = sampler.current_epoch, trainer.global_rank
-            self.transforms.manual_seed(mix_seed(self.seed, epoch, rank, sampler.batches_yielded))
+            batch_seed = mix_seed(self.stream_seed, epoch, rank, sampler.batches_yielded)
+            self.transforms.manual_seed(batch_seed)
         return self.preprocess(batch, train)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With a teacher cache, swap a training batch's sample indices for its cached rows."""
+        trainer = self.trainer
+        if self.teacher_cache is None or trainer is None or not trainer.training:
+            return batch
+        rows = self.teacher_cache.rows(trainer.current_epoch, batch[-1])
+        return (*batch[:-1], rows)

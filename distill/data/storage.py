@@ -59,6 +59,7 @@ class LoaderSpec:
         keep: Items per batch: images, labels and the first ``keep - 2`` extras.
         num_workers: Loader workers (per-sample path only).
         pin_memory: Pin host batches.
+        with_index: Append each sample's index in the split (int64) to its batch, last.
     """
 
     batch_size: int
@@ -70,6 +71,7 @@ class LoaderSpec:
     keep: int = 2
     num_workers: int = 0
     pin_memory: bool = False
+    with_index: bool = False
 
 
 class Split(Protocol):
@@ -157,8 +159,9 @@ class TensorSplit:
             rank=spec.rank,
             drop_last=spec.drop_last,
         )
+        index = (torch.arange(len(self)),) if spec.with_index else ()
         return ResumableDataLoader(
-            TensorBatchDataset(*self.tensors[: spec.keep]),
+            TensorBatchDataset(*self.tensors[: spec.keep], *index),
             batch_size=None,
             sampler=sampler,
             num_workers=0,
@@ -201,7 +204,11 @@ class FileSplit:
 
     def loader(self, spec: LoaderSpec, transforms: ImageTransforms) -> DataLoader:
         dataset = SeededTransformDataset(
-            self.dataset, transforms.sample(spec.train, self._image_hw), spec.seed, keep=spec.keep
+            self.dataset,
+            transforms.sample(spec.train, self._image_hw),
+            spec.seed,
+            keep=spec.keep,
+            with_index=spec.with_index,
         )
         sampler = ShardedIndexSampler(
             len(self), shuffle=spec.train, seed=spec.seed, num_replicas=spec.world, rank=spec.rank
@@ -249,12 +256,18 @@ class SeededTransformDataset(Dataset):
     """
 
     def __init__(
-        self, base: Dataset, transform: Callable[[Any], Any], seed: int, keep: int | None = None
+        self,
+        base: Dataset,
+        transform: Callable[[Any], Any],
+        seed: int,
+        keep: int | None = None,
+        with_index: bool = False,
     ) -> None:
         self.base = base
         self.transform = transform
         self.seed = int(seed)
         self.keep = keep  # items per sample to return (drops extras a split does not use)
+        self.with_index = with_index  # append the sample's index, last
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -265,4 +278,4 @@ class SeededTransformDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, epoch, index))
             img = self.transform(item[0])
-        return (img, *item[1 : self.keep])
+        return (img, *item[1 : self.keep], *((index,) if self.with_index else ()))

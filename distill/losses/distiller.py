@@ -336,13 +336,17 @@ class ExplanationDistiller(nn.Module):
                     maps.append(layer_maps.detach())
         return TeacherOutputs(logits, tuple(maps)), acts
 
-    def teacher_outputs(self, images: Tensor, labels: Tensor) -> TeacherOutputs:
-        """The teacher's logits and maps for a batch, as a training step would use them.
+    def teacher_outputs(
+        self, images: Tensor, labels: Tensor, with_maps: bool = True
+    ) -> TeacherOutputs:
+        """The teacher's logits (and maps) for a batch, as a training step would use them.
 
         This is what :class:`distill.TeacherCache` stores: ``forward(..., teacher=outputs)``
-        with the result gives the same losses as a live step on the same batch.
+        with the result gives the same losses as a live step on the same batch. The maps are
+        computed even when ``map_weight`` is 0, so that students with and without the map loss
+        can share one cache.
         """
-        outputs, _ = self._run_teacher(images, labels, with_maps=self.map_weight > 0, with_at=False)
+        outputs, _ = self._run_teacher(images, labels, with_maps=with_maps, with_at=False)
         return outputs
 
     def _check_cached(self, teacher: TeacherOutputs, with_maps: bool, with_at: bool) -> None:
