@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from distill.compare import _win_vs, compare, summarize
+from distill.compare import METHODS, _win_vs, compare, summarize
 
 
 def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_overrides):
@@ -39,6 +39,43 @@ def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_override
         "| CE + Grad-CAM++ maps | 2 | holdout |" in table and "| CE + AT | 2 | holdout |" in table
     )
     assert "measured once on the test split" in table
+
+
+def test_a_sweep_shares_one_teacher_cache_and_labels_each_value(tiny_overrides):
+    rows, out = compare(
+        "quickstart",
+        tiny_overrides,
+        seeds=[0],
+        methods=["ce", "kd_gradcam_pp"],
+        sweep=("loss.map_weight", ["0.01", "0.1"]),
+    )
+    labels = [row["method"] for row in rows]
+    assert labels == [
+        "ce loss.map_weight=0.01",
+        "ce loss.map_weight=0.1",
+        "kd_gradcam_pp loss.map_weight=0.01",
+        "kd_gradcam_pp loss.map_weight=0.1",
+    ]
+    summaries = [json.loads(p.read_text()) for p in (out / "runs").glob("*/*/summary.json")]
+    caches = {s["student"]["teacher_cache"] for s in summaries if "student" in s}
+    assert len(caches) == 1  # one teacher, one stream: every student read the same cache
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["sweep"] == ["loss.map_weight", ["0.01", "0.1"]] and settings["teacher_cache"]
+    assert math.isnan(rows[0]["win_vs_ce"]) and not math.isnan(rows[2]["win_vs_ce"])
+    assert "every student saw the same augmented batches" in (out / "results.md").read_text()
+
+
+def test_attention_transfer_runs_the_teacher_live_in_a_cached_comparison():
+    from distill.compare import _cache_overrides
+    from distill.config import load_config
+
+    base = load_config("quickstart", ["output_dir=/x"])
+    assert _cache_overrides(base, METHODS["at"]) == ["teacher_cache.enabled=false"]
+    assert _cache_overrides(base, METHODS["kd"]) == [
+        "teacher_cache.enabled=true",
+        "teacher_cache.dir=/x/teacher_cache",
+        "data.augment_seed=0",
+    ]
 
 
 def test_win_percentage_from_drops_and_summary_format():
