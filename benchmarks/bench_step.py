@@ -1,8 +1,11 @@
 """One training step (forward + backward + SGD step) under each loss, and its memory.
 
 The cifar_wrn pair (teacher WRN-40-2, student WRN-16-2), batch 128, 32x32. Each variant is timed
-round-robin with the others. Memory is the size of the tensors autograd saves for the backward
-pass (unique storages; the step's peak beyond the weights), and on CUDA also the peak allocated.
+round-robin with the others. The "teacher cache" row is the default loss with the teacher's
+outputs read from a memory-mapped float16 :class:`distill.TeacherCache` (as the students of a
+comparison read them), so no teacher runs; compare it with "CE (student only)". Memory is the
+size of the tensors autograd saves for the backward pass (unique storages; the step's peak
+beyond the weights), and on CUDA also the peak allocated.
 
 Usage:
     python benchmarks/bench_step.py [--batch 128] [--repeats 5] [--device cpu|cuda]
@@ -11,13 +14,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from _common import machine, measure_interleaved, table  # benchmarks/ is on sys.path
 
-from distill import ExplanationDistiller, build_model
+from distill import ExplanationDistiller, TeacherCache, build_model
 
 GROUPS = [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]
 VARIANTS: dict[str, dict] = {
@@ -36,6 +40,7 @@ VARIANTS: dict[str, dict] = {
 }
 REFERENCE = "CE + KD"
 DEFAULT = "CE + KD + Grad-CAM++ (default layer, closed form)"
+CACHED = "CE + KD + Grad-CAM++ (default layer, teacher cache, float16)"
 
 
 def current_rss() -> int:
@@ -92,6 +97,24 @@ def main() -> None:
     for name, distiller in distillers.items():
         forwards[name] = lambda d=distiller: d(images, labels).loss
 
+    # The default loss with the teacher's outputs read from a memory-mapped float16 cache
+    # (as a student of a comparison reads them) instead of a teacher forward.
+    cached = distillers[DEFAULT]
+    index = torch.randperm(4 * args.batch)[: args.batch]
+    cache_dir = tempfile.TemporaryDirectory()
+    with torch.no_grad():
+        outputs = cached.teacher_outputs(images, labels)
+    cache = TeacherCache.create(
+        cache_dir.name,
+        {"bench": True},
+        epochs=1,
+        num_samples=4 * args.batch,
+        num_classes=10,
+        map_shapes=[tuple(m.shape[1:]) for m in outputs.maps],
+    )
+    cache.write(0, index, outputs)
+    forwards[CACHED] = lambda: cached(images, labels, teacher=cache.read(0, index, device)).loss
+
     def step(forward: Callable[[], torch.Tensor]) -> None:
         loss = forward()
         optimizer.zero_grad(set_to_none=True)
@@ -122,7 +145,15 @@ def main() -> None:
 
     ref_time = timings[REFERENCE].median
     ref_mem = memory[REFERENCE][0] if device.type == "cuda" else memory[REFERENCE]
-    header = ["loss", "step time", f"time / {REFERENCE}", "saved for backward", "memory ratio"]
+    ce_time = timings["CE (student only)"].median
+    header = [
+        "loss",
+        "step time",
+        f"time / {REFERENCE}",
+        "time / CE (student only)",
+        "saved for backward",
+        "memory ratio",
+    ]
     if device.type == "cuda":
         header.append("peak allocated")
     rows = []
@@ -132,6 +163,7 @@ def main() -> None:
             name,
             timings[name],
             f"{timings[name].median / ref_time:.3f}x",
+            f"{timings[name].median / ce_time:.3f}x",
             f"{saved / 2**20:.0f} MiB",
             f"{saved / ref_mem:.3f}x",
         ]

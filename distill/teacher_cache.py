@@ -351,7 +351,7 @@ def open_or_build_teacher_cache(
         with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
             # Nothing is validated or optimised on purpose.
             warnings.filterwarnings("ignore", message=".*no `validation_step`")
-            warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`")
+            warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `None`")
             trainer = L.Trainer(
                 max_epochs=epochs,
                 logger=False,
