@@ -7,22 +7,32 @@ Importing this package registers every family. Build models by name::
     teacher = build_model("wrn_40_2", num_classes=100)
     student = build_model("wrn_16_2", num_classes=100)
     other = build_model("resnet18", num_classes=10)  # torchvision, random init
+    vit = build_model("vit_tiny_p4_32", num_classes=10)  # small ViT for 32x32 images
+    deit = build_model("timm/deit_tiny_distilled_patch16_224", num_classes=10)  # needs timm
 
 Every model exposes ``forward_features`` / ``forward_head`` / ``get_classifier``,
 ``num_features``, ``num_classes``, ``cam_layer`` (the module whose output is the map
-Grad-CAM++ explains), ``has_pooled_linear_head`` and ``default_cfg``.
+Grad-CAM++ explains), ``has_pooled_linear_head`` and ``default_cfg``. Vision transformers
+also declare ``token_layout(image_size)`` (prefix tokens, patch grid); their
+``forward_features`` returns tokens (see :mod:`distill.models.transformers`).
 """
 
-from . import cifar_resnet, torchvision_models, wide_resnet  # noqa: F401  (registration)
+from . import cifar_resnet, torchvision_models, vit, wide_resnet  # noqa: F401  (registration)
 from ._registry import ModelCfg, build_model, get_model, list_models, register_model
 from .cifar_resnet import CifarResNet
 from .torchvision_models import TorchvisionClassifier
+from .transformers import TimmTransformer, TorchvisionSwin, TorchvisionViT
+from .vit import SmallViT
 from .wide_resnet import WideResNet
 
 __all__ = [
     "CifarResNet",
     "ModelCfg",
+    "SmallViT",
+    "TimmTransformer",
     "TorchvisionClassifier",
+    "TorchvisionSwin",
+    "TorchvisionViT",
     "WideResNet",
     "build_model",
     "get_model",

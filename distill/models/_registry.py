@@ -6,7 +6,9 @@ entry point, :func:`build_model`, resolves three kinds of names:
 1. names registered with :func:`register_model` (the CIFAR families);
 2. any ``wrn_<depth>_<width>`` name, parsed on the fly, so sweeps over WRN variants
    need no new code;
-3. torchvision classification model names, wrapped in
+3. vision transformers: torchvision ``vit_*``/``swin_*`` and ``timm/<ViT, DeiT or Swin name>``
+   (:mod:`distill.models.transformers`);
+4. torchvision classification model names, wrapped in
    :class:`~distill.models.torchvision_models.TorchvisionClassifier`.
 
 Every model built here honours the same contract (``forward_features``,
@@ -120,8 +122,10 @@ def list_models(include_torchvision: bool = False) -> list[str]:
     names = set(_MODEL_REGISTRY)
     if include_torchvision:
         from .torchvision_models import list_torchvision_models
+        from .transformers import torchvision_transformer_names
 
         names.update(list_torchvision_models())
+        names.update(torchvision_transformer_names())
     return sorted(names)
 
 
@@ -146,7 +150,8 @@ def get_model(name: str, **kwargs) -> nn.Module:
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build any supported model by name; the single entry point for configs.
 
-    Resolution order: registered name, then ``wrn_<depth>_<width>``, then
+    Resolution order: registered name, then ``wrn_<depth>_<width>``, then vision
+    transformers (torchvision ``vit_*``/``swin_*``, ``timm/<ViT, DeiT, Swin>``), then
     torchvision classification model name.
 
     Args:
@@ -172,6 +177,12 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
         depth, width = int(match.group(1)), int(match.group(2))
         return _wide_resnet(depth, width, num_classes=num_classes, **kwargs)
+
+    from .transformers import build_transformer
+
+    transformer = build_transformer(key, num_classes=num_classes, **kwargs)
+    if transformer is not None:
+        return transformer
 
     from .torchvision_models import TorchvisionClassifier, torchvision_model_names
 
