@@ -139,7 +139,7 @@ class SmallViT(nn.Module):
             nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.num_prefix_tokens else None
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.grid_size), embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # meta-safe
         self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates))
         avg = global_pool == "avg"
         self.norm = nn.Identity() if avg else nn.LayerNorm(embed_dim)
