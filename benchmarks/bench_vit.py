@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--map-batches", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--deit-batch", type=int, default=8)
     parser.add_argument("--deit-size", type=int, default=224)
-    parser.add_argument("--head-scale", type=float, nargs="+", default=[1e3, 1e4, 1e5])
+    parser.add_argument("--head-scale", type=float, nargs="+", default=[1e3, 1e5, 1e7])
     parser.add_argument("--float64", action="store_true", help="pytorch-grad-cam part in float64")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", nargs="+", default=["maps", "step", "pytorch-grad-cam"])
