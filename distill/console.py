@@ -9,7 +9,7 @@ import warnings
 import torch
 from torch import nn
 
-from distill.cam import capture_activations
+from distill.cam import capture_activations, map_grid, token_layout
 
 __all__ = ["quiet_lightning", "warn_small_cam_layers", "MIN_CAM_SIZE"]
 
@@ -58,7 +58,8 @@ def warn_small_cam_layers(models: dict[str, nn.Module], image_shape: tuple[int, 
                 model(torch.zeros(1, *image_shape, device=device))
         finally:
             model.train(was_training)
-        height, width = acts[layer].shape[-2:]
+        layout = token_layout(model, image_shape[1:])
+        height, width = map_grid(acts[layer], layout)
         if min(height, width) < MIN_CAM_SIZE:
             warnings.warn(
                 f"the {role}'s CAM layer {layer!r} is {height}x{width} at "

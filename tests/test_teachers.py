@@ -73,7 +73,7 @@ def test_timm_dropout_head_is_not_closed_form() -> None:
 @pytest.mark.parametrize(
     ("name", "match"),
     [
-        ("timm/vit_tiny_patch16_224", "returns \\(1, 197, 192\\)"),
+        ("timm/mixer_s16_224", "returns \\(1, 196, 512\\)"),
         ("timm/resnet_18", "Did you mean: timm/resnet18"),
     ],
 )
@@ -135,7 +135,7 @@ def test_torchvision_offline_is_a_weights_error(monkeypatch, tmp_path) -> None:
         ("teacher.weights=missing/teacher.pth", "does not exist"),
         ("teacher.name=resnet18 teacher.weights=NOPE", "IMAGENET1K_V1"),
         ("teacher.name=timm/resnet18 teacher.weights=IMAGENET1K_V1", "take weights=DEFAULT"),
-        ("student.name=timm/vit_tiny_patch16_224", "not a \\[B, 192, H, W\\] map"),
+        ("student.name=timm/mixer_s16_224", "not a \\[B, 512, H, W\\] map"),
     ],
 )
 def test_config_checks_weights_without_downloading(override: str, match: str) -> None:

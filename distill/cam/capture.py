@@ -9,10 +9,17 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
-__all__ = ["capture_activations", "resolve_layer", "pooled_linear_classifier"]
+__all__ = [
+    "PooledHead",
+    "capture_activations",
+    "resolve_layer",
+    "pooled_head",
+    "pooled_linear_classifier",
+]
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -70,7 +77,7 @@ def capture_activations(
             if not isinstance(output, Tensor):
                 raise TypeError(
                     f"layer {name!r} returned {type(output).__name__}, not a Tensor; "
-                    "pick a layer whose output is a single [B, K, H, W] tensor"
+                    "pick a layer whose output is a single tensor"
                 )
             if detach and not captured:
                 output = output.detach().requires_grad_()
@@ -94,18 +101,38 @@ def capture_activations(
             handle.remove()
 
 
-def pooled_linear_classifier(model: nn.Module, layer: str) -> nn.Linear | None:
-    """The classifier that ``layer`` feeds through global average pooling alone, if declared.
+class PooledHead(NamedTuple):
+    """A head that pools a layer's positions (or patch tokens) by their mean, optionally
+    normalises the mean (``norm``), and applies ``classifier``."""
 
-    A model declares it with ``cam_layer`` (that layer's name), ``has_pooled_linear_head = True``
-    and ``get_classifier()`` returning an ``nn.Linear``: every model of
-    :func:`distill.models.build_model` with such a head does. Grad-CAM(++) at that layer then has
-    a closed form with no backward pass. Anything else returns None (autograd path).
+    classifier: nn.Linear
+    norm: nn.Module | None = None
+
+
+def pooled_head(model: nn.Module, layer: str) -> PooledHead | None:
+    """The pooled head that ``layer`` feeds, if the model declares one; else None (autograd).
+
+    A model declares it with ``has_pooled_linear_head = True``, ``get_classifier()`` returning an
+    ``nn.Linear``, the name of the layer that feeds the pooling (``pooled_head_layer``, default
+    ``cam_layer``) and, for a token-average head with a norm after the pooling (timm's
+    ``fc_norm``), ``get_head_norm()``. Grad-CAM(++) at that layer then has a closed form with no
+    backward pass through the network.
     """
-    if layer != getattr(model, "cam_layer", None):
-        return None
     if not getattr(model, "has_pooled_linear_head", False):
+        return None
+    feeding = getattr(model, "pooled_head_layer", None) or getattr(model, "cam_layer", None)
+    if layer != feeding:
         return None
     get_classifier = getattr(model, "get_classifier", None)
     classifier = get_classifier() if callable(get_classifier) else None
-    return classifier if isinstance(classifier, nn.Linear) else None
+    if not isinstance(classifier, nn.Linear):
+        return None
+    get_head_norm = getattr(model, "get_head_norm", None)
+    norm = get_head_norm() if callable(get_head_norm) else None
+    return PooledHead(classifier, norm)
+
+
+def pooled_linear_classifier(model: nn.Module, layer: str) -> nn.Linear | None:
+    """The classifier of :func:`pooled_head` when no norm sits between pooling and it."""
+    head = pooled_head(model, layer)
+    return head.classifier if head is not None and head.norm is None else None

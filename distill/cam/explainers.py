@@ -2,6 +2,9 @@
 
 They share the functional core of :mod:`distill.cam.functional`; a subclass only names its
 channel weights. The model's train/eval mode is left as it was and no hook outlives a call.
+Vision transformers built by :func:`distill.models.build_model` work the same way: their token
+layout (prefix tokens, patch grid at the input's size) comes from the model, and the maps have
+the token grid's size.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distill.cam.capture import capture_activations, pooled_linear_classifier, resolve_layer
+from distill.cam.capture import capture_activations, pooled_head, resolve_layer
 from distill.cam.functional import _class_activation_map, gradcam_pp_weights, gradcam_weights
+from distill.cam.tokens import token_layout
 
 __all__ = ["BaseCAM", "GradCAM", "GradCAMPlusPlus"]
 
@@ -47,8 +51,8 @@ class BaseCAM:
     ) -> tuple[Tensor, Tensor]:
         """Detached maps and the ``[B, C]`` scores of the same forward pass, for callers that
         also need the prediction (no second forward)."""
-        classifier = pooled_linear_classifier(self.model, self.target_layer)
-        closed_form = classifier is not None
+        head = pooled_head(self.model, self.target_layer)
+        closed_form = head is not None
         # Closed form: no graph at all. Autograd path: cut the graph at the layer, since only
         # the part after it is needed for the gradient.
         grad_mode = torch.no_grad() if closed_form else torch.enable_grad()
@@ -60,8 +64,10 @@ class BaseCAM:
             acts[self.target_layer],
             scores,
             targets,
-            classifier.weight if classifier is not None else None,
+            head.classifier.weight if head is not None else None,
             create_graph=False,
+            layout=token_layout(self.model, images.shape[-2:]),
+            head_norm=head.norm if head is not None else None,
         )
         return maps.detach(), scores.detach()
 

@@ -4,7 +4,10 @@ Both methods share one core (:func:`_class_activation_map`): pick the target cla
 get the gradient of its score with respect to the layer's activations (one autograd call for the
 whole batch, or a closed form when the layer feeds straight into global-average-pooling and a
 linear classifier), turn activations and gradients into one weight per channel, and return
-``relu(sum_k w_k A_k)``. The methods differ only in their channel weights.
+``relu(sum_k w_k A_k)``. The methods differ only in their channel weights. Token layers of
+vision transformers go through the same core once a :class:`~distill.cam.tokens.TokenLayout`
+says how their tokens form a grid; a token-average head (mean of the patch tokens, an optional
+norm, a linear classifier) has its own closed form: one vector-Jacobian product through the norm.
 
 Everything stays in torch, on the activations' device; alphas and weights are computed in
 float32 whatever the activations' dtype.
@@ -15,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from distill.cam.tokens import TokenLayout, tokens_to_grid
 
 __all__ = [
     "gradcam",
@@ -35,8 +41,9 @@ def _upcast(tensor: Tensor) -> Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-# Smallest |denominator| that eq. 19 is evaluated at; below it alpha is set to 0 (see below).
-_MIN_DENOMINATOR = 1e-12
+# eq. 19 is evaluated where |2 + S g| exceeds this many float epsilons of its own magnitude
+# bound 2 + |g| sum|A| (its rounding error is of that order); closer to zero its sign is noise.
+_DENOMINATOR_ULPS = 64.0
 
 
 def gradcam_weights(activations: Tensor, grads: Tensor) -> Tensor:
@@ -59,8 +66,14 @@ def gradcam_pp_weights(activations: Tensor, grads: Tensor) -> Tensor:
     Where ``g > 0`` alpha simplifies to ``1 / (2 + (sum_ab A_kab) g)``, which is what is
     evaluated: it does not square tiny gradients (a pooled head over an 8x8 map gives
     ``g ~ 1e-3``, whose square an additive eps would swamp). Where ``g <= 0`` the term is zero
-    because of ``relu(g)``. Where the denominator vanishes (possible only for negative
-    activations) the term is set to zero instead of dividing by zero.
+    because of ``relu(g)``.
+
+    The guard: after a ReLU (CNNs) ``sum A >= 0`` and the denominator is at least 2. Signed
+    activations (transformer tokens, pre-activation layers) can bring ``2 + (sum A) g`` to zero
+    or below. A negative denominator is kept, as eq. 19 defines it; where it lies within its
+    rounding error of zero (``64 eps (2 + |g| sum|A|)``, whose sign is then unknown) the term is
+    set to zero instead of dividing by noise. The denominator is scale-free (scaling ``A`` by
+    ``s`` scales ``g`` by ``1/s``), so the guard does not depend on the units of the layer.
 
     Args:
         activations: ``[B, K, H, W]`` activations of the target layer.
@@ -75,7 +88,10 @@ def gradcam_pp_weights(activations: Tensor, grads: Tensor) -> Tensor:
     g = _upcast(grads)
     act_sum = acts.sum(dim=(2, 3), keepdim=True)
     denominator = 2.0 + act_sum * g
-    valid = (g > 0) & (denominator.abs() > _MIN_DENOMINATOR)
+    with torch.no_grad():
+        magnitude = 2.0 + acts.abs().sum(dim=(2, 3), keepdim=True) * g.abs()
+        tolerance = _DENOMINATOR_ULPS * torch.finfo(denominator.dtype).eps * magnitude
+    valid = (g > 0) & (denominator.abs() > tolerance)
     alpha = torch.where(valid, 1.0 / torch.where(valid, denominator, torch.ones_like(g)), 0.0)
     weights = (alpha * torch.relu(g)).sum(dim=(2, 3))
     # A spatially constant gradient given as [B, K, 1, 1] stands for H*W equal terms.
@@ -106,19 +122,53 @@ def select_targets(scores: Tensor, targets: Tensor | None) -> Tensor:
     return targets.to(device=scores.device, dtype=torch.long)
 
 
-def _target_grads(
-    activations: Tensor,
-    scores: Tensor,
+def _head_norm_vjp(norm: nn.Module, grid: Tensor, rows: Tensor, create_graph: bool) -> Tensor:
+    """``J_f(z)^T w_c`` at ``z`` = each sample's mean token, for ``y_c = w_c . f(z) + b``.
+
+    One vector-Jacobian product on ``[B, D]`` (DESIGN section 5): no backward through the
+    network. Computed in at least float32, outside autocast, like the weights.
+    """
+    with torch.autocast(grid.device.type, enabled=False):
+        mean_token = _upcast(grid).mean(dim=(2, 3))
+        if not create_graph:
+            mean_token = mean_token.detach()
+        if not mean_token.requires_grad:
+            mean_token = mean_token.detach().requires_grad_()
+        dtype = mean_token.dtype
+        state = {n: t.to(dtype) for n, t in [*norm.named_parameters(), *norm.named_buffers()]}
+        if not create_graph:
+            state = {n: t.detach() for n, t in state.items()}
+        normed = functional_call(norm, state, (mean_token,))
+        (vjp,) = torch.autograd.grad(
+            (normed * rows.to(dtype)).sum(), mean_token, create_graph=create_graph
+        )
+    return vjp
+
+
+def _closed_form_grads(
+    grid: Tensor,
+    classifier_weight: Tensor,
     targets: Tensor,
-    classifier_weight: Tensor | None,
+    head_norm: nn.Module | None,
     create_graph: bool,
 ) -> Tensor:
+    """``[B, K, 1, 1]`` gradients of a pooled head: the same vector at every position.
+
+    Pooled-linear head: ``dS_c/dA_kij = W[c, k] / (H W)``; with a norm ``f`` between pooling
+    and the classifier: ``(J_f(z)^T W[c])_k / (H W)``.
+    """
+    weight = classifier_weight if create_graph else classifier_weight.detach()
+    rows = weight[targets]
+    if head_norm is not None:
+        rows = _head_norm_vjp(head_norm, grid, rows, create_graph)
+    spatial = grid.shape[2] * grid.shape[3]
+    return (rows / spatial)[:, :, None, None]
+
+
+def _autograd_grads(
+    activations: Tensor, scores: Tensor, targets: Tensor, create_graph: bool
+) -> Tensor:
     """Gradient of each sample's target score with respect to its activations."""
-    if classifier_weight is not None:
-        # Pooled-linear head: dS_c/dA_kij = W[c, k] / (H W), constant over space.
-        weight = classifier_weight if create_graph else classifier_weight.detach()
-        spatial = activations.shape[2] * activations.shape[3]
-        return (weight[targets] / spatial)[:, :, None, None]
     if not activations.requires_grad:
         raise RuntimeError(
             "the activations are not part of an autograd graph, so the gradient of the scores "
@@ -142,12 +192,17 @@ def _class_activation_map(
     targets: Tensor | None,
     classifier_weight: Tensor | None,
     create_graph: bool,
+    layout: TokenLayout | None = None,
+    head_norm: nn.Module | None = None,
 ) -> Tensor:
-    if activations.ndim != 4:
+    if layout is None and activations.ndim != 4:
         raise ValueError(
-            f"activations must be [B, K, H, W], got shape {tuple(activations.shape)}; "
-            "for token/sequence layers reshape them to a spatial grid first"
+            f"activations must be [B, K, H, W], got shape {tuple(activations.shape)}; for token "
+            "layers pass layout=distill.cam.token_layout(model, image_size) (a model built by "
+            "distill.models.build_model declares it)"
         )
+    if head_norm is not None and classifier_weight is None:
+        raise ValueError("head_norm belongs to the closed form: pass classifier_weight too")
     if activations.shape[0] != scores.shape[0]:
         raise ValueError(
             f"activations ({activations.shape[0]}) and scores ({scores.shape[0]}) "
@@ -155,11 +210,16 @@ def _class_activation_map(
         )
     targets = select_targets(scores, targets)
     with torch.enable_grad():
-        grads = _target_grads(activations, scores, targets, classifier_weight, create_graph)
+        grid = tokens_to_grid(activations, layout)
+        if classifier_weight is not None:
+            grads = _closed_form_grads(grid, classifier_weight, targets, head_norm, create_graph)
+        else:
+            raw = _autograd_grads(activations, scores, targets, create_graph)
+            grads = tokens_to_grid(raw, layout)
         # Weights and the weighted sum stay in float32 even inside an autocast region.
-        with torch.autocast(activations.device.type, enabled=False):
-            weights = weight_fn(activations, grads)
-            maps = torch.einsum("bk,bkhw->bhw", weights, _upcast(activations))
+        with torch.autocast(grid.device.type, enabled=False):
+            weights = weight_fn(grid, grads)
+            maps = torch.einsum("bk,bkhw->bhw", weights, _upcast(grid))
         return torch.relu(maps)
 
 
@@ -170,6 +230,8 @@ def gradcam_pp(
     *,
     create_graph: bool = False,
     classifier_weight: Tensor | None = None,
+    head_norm: nn.Module | None = None,
+    layout: TokenLayout | None = None,
 ) -> Tensor:
     """Grad-CAM++ maps (eq. 19-20) for a whole batch.
 
@@ -183,10 +245,14 @@ def gradcam_pp(
         classifier_weight: ``[C, K]`` weight of a linear classifier that the layer feeds through
             global average pooling only. Enables the closed form (no backward pass); the result
             equals the autograd path.
+        head_norm: the norm between the pooling and the classifier of a token-average head
+            (timm's ``fc_norm``), for the closed form; None: no norm.
+        layout: how token activations (``[B, N, D]`` or ``[B, h, w, C]``) form a grid; None for
+            ``[B, K, H, W]`` activations. See :func:`distill.cam.token_layout`.
 
     Returns:
-        ``[B, H, W]`` maps (float32, or float64 for float64 inputs) after the final relu, at the layer's resolution, not
-        normalised.
+        ``[B, H, W]`` maps (float32, or float64 for float64 inputs) after the final relu, at the
+        layer's (or token grid's) resolution, not normalised.
 
     Example:
         >>> import torch
@@ -200,7 +266,14 @@ def gradcam_pp(
         torch.Size([2, 6, 6])
     """
     return _class_activation_map(
-        gradcam_pp_weights, activations, scores, targets, classifier_weight, create_graph
+        gradcam_pp_weights,
+        activations,
+        scores,
+        targets,
+        classifier_weight,
+        create_graph,
+        layout,
+        head_norm,
     )
 
 
@@ -211,6 +284,8 @@ def gradcam(
     *,
     create_graph: bool = False,
     classifier_weight: Tensor | None = None,
+    head_norm: nn.Module | None = None,
+    layout: TokenLayout | None = None,
 ) -> Tensor:
     """Grad-CAM maps for a whole batch; same arguments and output as :func:`gradcam_pp`.
 
@@ -222,7 +297,14 @@ def gradcam(
         torch.Size([2, 3, 3])
     """
     return _class_activation_map(
-        gradcam_weights, activations, scores, targets, classifier_weight, create_graph
+        gradcam_weights,
+        activations,
+        scores,
+        targets,
+        classifier_weight,
+        create_graph,
+        layout,
+        head_norm,
     )
 
 

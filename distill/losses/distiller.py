@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.cam import CAM_METHODS, capture_activations, pooled_linear_classifier, resolve_layer
+from distill.cam import (
+    CAM_METHODS,
+    PooledHead,
+    capture_activations,
+    pooled_head,
+    resolve_layer,
+    token_layout,
+    tokens_to_grid,
+    twice_differentiable,
+)
 from distill.losses.modules import AttentionTransferLoss, ExplanationMatchingLoss, KDLoss
 
 __all__ = ["LayerPair", "DistillOutput", "ExplanationDistiller", "TeacherOutputs"]
@@ -93,8 +102,14 @@ class ExplanationDistiller(nn.Module):
     The teacher is frozen (no parameter requires grad) and stays in eval mode even when
     ``.train()`` is called on the distiller. Teacher maps build no parameter graph. Student maps
     are differentiable with respect to the student's parameters whenever grad is enabled. At a
-    layer that feeds global-average-pooling + linear (every built model's ``cam_layer``) both
-    maps use the closed form with no backward pass.
+    layer that feeds global-average-pooling + linear (every built CNN's ``cam_layer``, and the
+    token-average head of a vision transformer, with its norm) both maps use the closed form with
+    no backward pass.
+
+    Vision transformers (``build_model("vit_tiny_p4_32")``, torchvision ViT/Swin, ``timm/...``)
+    can be the teacher, the student or both: their token activations are laid out as the
+    patch grid from the model's own metadata, and maps of different grids (a CNN's 8x8 and a
+    ViT's 14x14, say) are resized to the larger before the distance.
 
     Args:
         teacher: trained teacher network.
@@ -202,20 +217,20 @@ class ExplanationDistiller(nn.Module):
         self.teacher.eval()
         return self
 
-    def _classifier(self, model: nn.Module, layer: str) -> nn.Linear | None:
-        """The pooled-linear classifier that enables the closed form at ``layer``, if any."""
-        return pooled_linear_classifier(model, layer) if self.map_closed_form else None
+    def _head(self, model: nn.Module, layer: str) -> PooledHead | None:
+        """The pooled head that enables the closed form at ``layer``, if any."""
+        return pooled_head(model, layer) if self.map_closed_form else None
 
     def _teacher_needs_autograd(self, with_maps: bool) -> bool:
         return with_maps and any(
-            self._classifier(self.teacher, pair.teacher) is None for pair in self.map_layers
+            self._head(self.teacher, pair.teacher) is None for pair in self.map_layers
         )
 
     @property
     def student_maps_need_grad(self) -> bool:
         """Whether student maps need autograd (then run under ``torch.enable_grad()``, also in
         validation); False when every student map layer has the closed form."""
-        return any(self._classifier(self.student, p.student) is None for p in self.map_layers)
+        return any(self._head(self.student, p.student) is None for p in self.map_layers)
 
     def _maps(
         self,
@@ -225,14 +240,17 @@ class ExplanationDistiller(nn.Module):
         scores: Tensor,
         targets: Tensor,
         create_graph: bool,
+        image_size: tuple[int, int],
     ) -> Tensor:
-        classifier = self._classifier(model, layer)
+        head = self._head(model, layer)
         return CAM_METHODS[self.map_method](
             activations,
             scores,
             targets,
             create_graph=create_graph,
-            classifier_weight=classifier.weight if classifier is not None else None,
+            classifier_weight=head.classifier.weight if head is not None else None,
+            head_norm=head.norm if head is not None else None,
+            layout=token_layout(model, image_size),
         )
 
     def forward(
@@ -257,7 +275,14 @@ class ExplanationDistiller(nn.Module):
         student_layers = [p.student for p in self.map_layers if with_maps]
         student_layers += [p.student for p in self.at_layers if with_at]
 
-        with capture_activations(self.student, student_layers) as student_acts:
+        image_size = (images.shape[-2], images.shape[-1])
+        create_graph = with_maps and torch.is_grad_enabled() and self.map_weight > 0
+        # Autograd maps trained on need a twice-differentiable attention kernel (transformers).
+        double_backward = create_graph and self.student_maps_need_grad
+        with (
+            capture_activations(self.student, student_layers) as student_acts,
+            twice_differentiable(double_backward),
+        ):
             logits = self.student(images)
         teacher_acts: dict[str, Tensor] = {}  # filled by a live teacher run
         if teacher is None:
@@ -282,7 +307,6 @@ class ExplanationDistiller(nn.Module):
         student_maps: list[Tensor] = []
         if with_maps:
             targets = self._map_targets(labels, teacher_logits)
-            create_graph = torch.is_grad_enabled() and self.map_weight > 0
             map_loss = logits.new_zeros((), dtype=torch.float32)
             for pair, t_map in zip(self.map_layers, teacher.maps, strict=True):
                 s_map = self._maps(
@@ -292,6 +316,7 @@ class ExplanationDistiller(nn.Module):
                     logits,
                     targets,
                     create_graph,
+                    image_size,
                 )
                 map_loss = map_loss + pair.weight * self.map_loss(s_map, t_map)
                 student_maps.append(s_map.detach())
@@ -300,8 +325,13 @@ class ExplanationDistiller(nn.Module):
             parts["map"] = map_loss.detach()
 
         if with_at:
+            student_layout = token_layout(self.student, image_size)
+            teacher_layout = token_layout(self.teacher, image_size)
             at_loss = sum(
-                self.at_loss(student_acts[p.student], teacher_acts[p.teacher].detach())
+                self.at_loss(
+                    tokens_to_grid(student_acts[p.student], student_layout),
+                    tokens_to_grid(teacher_acts[p.teacher].detach(), teacher_layout),
+                )
                 for p in self.at_layers
             )
             loss = loss + self.at_weight * at_loss
@@ -329,9 +359,16 @@ class ExplanationDistiller(nn.Module):
         if with_maps:
             targets = self._map_targets(labels, logits)
             with nullcontext() if autograd else torch.no_grad():
+                image_size = (images.shape[-2], images.shape[-1])
                 for pair in self.map_layers:
                     layer_maps = self._maps(
-                        self.teacher, pair.teacher, acts[pair.teacher], scores, targets, False
+                        self.teacher,
+                        pair.teacher,
+                        acts[pair.teacher],
+                        scores,
+                        targets,
+                        False,
+                        image_size,
                     )
                     maps.append(layer_maps.detach())
         return TeacherOutputs(logits, tuple(maps)), acts

@@ -10,13 +10,17 @@ Importing this package registers every family. Build models by name::
     tuned = build_model("resnet18", num_classes=10, weights="IMAGENET1K_V1")  # new 10-class head
     mine = build_model("resnet18", num_classes=10, weights="teacher.pth")  # a plain state_dict
     timm_net = build_model("timm/resnet50.a1_in1k", num_classes=10)  # pip install 'distill[timm]'
+    vit = build_model("vit_tiny_p4_32", num_classes=10)  # small ViT for 32x32 images
+    deit = build_model("timm/deit_tiny_distilled_patch16_224", num_classes=10)  # needs timm
 
 Every model exposes ``forward_features`` / ``forward_head`` / ``get_classifier``,
 ``num_features``, ``num_classes``, ``cam_layer`` (the module whose output is the map
-Grad-CAM++ explains), ``has_pooled_linear_head`` and ``default_cfg``.
+Grad-CAM++ explains), ``has_pooled_linear_head`` and ``default_cfg``. Vision transformers
+also declare ``token_layout(image_size)`` (prefix tokens, patch grid); their
+``forward_features`` returns tokens (see :mod:`distill.models.transformers`).
 """
 
-from . import cifar_resnet, torchvision_models, wide_resnet  # noqa: F401  (registration)
+from . import cifar_resnet, torchvision_models, vit, wide_resnet  # noqa: F401  (registration)
 from ._registry import (
     TIMM_PREFIX,
     ModelCfg,
@@ -28,14 +32,20 @@ from ._registry import (
 )
 from .cifar_resnet import CifarResNet
 from .torchvision_models import TorchvisionClassifier
+from .transformers import TimmTransformer, TorchvisionSwin, TorchvisionViT
+from .vit import SmallViT
 from .weights import WeightsError, load_weights, read_state_dict
 from .wide_resnet import WideResNet
 
 __all__ = [
     "CifarResNet",
     "ModelCfg",
+    "SmallViT",
     "TIMM_PREFIX",
+    "TimmTransformer",
     "TorchvisionClassifier",
+    "TorchvisionSwin",
+    "TorchvisionViT",
     "WeightsError",
     "WideResNet",
     "build_model",

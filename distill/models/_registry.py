@@ -6,9 +6,11 @@ entry point, :func:`build_model`, resolves four kinds of names:
 1. names registered with :func:`register_model` (the CIFAR families);
 2. any ``wrn_<depth>_<width>`` name, parsed on the fly, so sweeps over WRN variants
    need no new code;
-3. ``timm/<name>``: timm models (optional extra), wrapped in
+3. vision transformers: torchvision ``vit_*``/``swin_*`` and ``timm/<ViT, DeiT or Swin name>``
+   (:mod:`distill.models.transformers`);
+4. other ``timm/<name>`` models (optional extra), wrapped in
    :class:`~distill.models.timm_models.TimmClassifier`;
-4. torchvision classification model names, wrapped in
+5. torchvision classification model names, wrapped in
    :class:`~distill.models.torchvision_models.TorchvisionClassifier`.
 
 Every model built here honours the same contract (``forward_features``,
@@ -130,8 +132,10 @@ def list_models(include_torchvision: bool = False) -> list[str]:
     names = set(_MODEL_REGISTRY)
     if include_torchvision:
         from .torchvision_models import list_torchvision_models
+        from .transformers import torchvision_transformer_names
 
         names.update(list_torchvision_models())
+        names.update(torchvision_transformer_names())
     return sorted(names)
 
 
@@ -156,8 +160,8 @@ def get_model(name: str, **kwargs) -> nn.Module:
 def build_model(name: str, num_classes: int, *, weights: str | None = None, **kwargs) -> nn.Module:
     """Build any supported model by name; the single entry point for configs.
 
-    Resolution order: registered name, then ``wrn_<depth>_<width>``, then ``timm/<name>``
-    (timm's ``create_model``; needs ``pip install 'distill[timm]'``), then torchvision
+    Resolution order: registered name, then ``wrn_<depth>_<width>``, then vision transformers (torchvision
+    ``vit_*``/``swin_*``, ``timm/<ViT, DeiT, Swin>``), then other ``timm/<name>`` (timm's ``create_model``; needs ``pip install 'distill[timm]'``), then torchvision
     classification model name.
 
     Weights, when given, are either a file or a name:
@@ -254,6 +258,14 @@ def _build(name: str, num_classes: int, weights: str | None, kwargs: dict) -> nn
 
         depth, width = int(match.group(1)), int(match.group(2))
         return _wide_resnet(depth, width, num_classes=num_classes, **kwargs)
+
+    from .transformers import build_transformer
+
+    transformer = build_transformer(
+        name.strip(), num_classes=num_classes, weights=weights, **kwargs
+    )
+    if transformer is not None:
+        return transformer
 
     if key.startswith(TIMM_PREFIX):
         from .timm_models import TimmClassifier
