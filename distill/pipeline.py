@@ -38,6 +38,7 @@ from distill.callbacks import (
     MapImageCallback,
 )
 from distill.checkpoints import CheckpointError, load_classifier
+from distill.compile import compile_classifier, compile_distiller
 from distill.config import stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
 from distill.data import build_datamodule
@@ -179,8 +180,10 @@ def _trainer(
 ) -> L.Trainer:
     callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage, run_dir), *callbacks]
     loggers, _ = build_loggers(cfg, run_dir, stage)
+    options = OmegaConf.to_container(cfg.trainer)
+    options.pop("compile")  # applied to the networks (distill/compile.py), not a Trainer argument
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer),  # TrainerConfig's fields are Trainer arguments
+        **options,  # the other TrainerConfig fields are Trainer arguments
         max_epochs=epochs,
         logger=loggers,
         callbacks=[
@@ -291,6 +294,7 @@ def _train_teacher(
     cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
 ) -> dict:
     model = build_model(cfg.teacher.name, num_classes=dm.num_classes, **cfg.teacher.kwargs)
+    compile_classifier(model, cfg.trainer.compile)
     module = ClassifierModule(
         model,
         model_name=cfg.teacher.name,
@@ -350,8 +354,10 @@ def _train_student(
         teacher_path, expected_name=cfg.teacher.name, expected_classes=dm.num_classes
     )
     student = build_model(cfg.student.name, num_classes=dm.num_classes, **cfg.student.kwargs)
+    distiller = _distiller(cfg, teacher, student)
+    compile_distiller(distiller, cfg.trainer.compile, warn=False)  # load_config warned
     module = DistillModule(
-        _distiller(cfg, teacher, student),
+        distiller,
         num_classes=dm.num_classes,
         optim=OmegaConf.to_container(cfg.optim),
         epochs=cfg.student.epochs,
