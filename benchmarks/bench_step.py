@@ -7,13 +7,19 @@ comparison read them), so no teacher runs; compare it with "CE (student only)". 
 size of the tensors autograd saves for the backward pass (unique storages; the step's peak
 beyond the weights), and on CUDA also the peak allocated.
 
+``--compile MODE ...`` adds one row per ``torch.compile`` mode: the default loss on compiled
+copies of the two networks (``distill.compile.compile_distiller``, as ``trainer.compile`` does),
+each with its own optimizer; compilation happens in untimed warm-up calls.
+
 Usage:
     python benchmarks/bench_step.py [--batch 128] [--repeats 5] [--device cpu|cuda]
+                                    [--compile default reduce-overhead]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 from collections.abc import Callable
 
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 from _common import machine, measure_interleaved, table  # benchmarks/ is on sys.path
 
 from distill import ExplanationDistiller, TeacherCache, build_model
+from distill.compile import compile_distiller
 
 GROUPS = [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]
 VARIANTS: dict[str, dict] = {
@@ -70,17 +77,48 @@ def saved_bytes(step_forward: Callable[[], torch.Tensor]) -> int:
     return sum(storages.values())
 
 
+def compiled_step(
+    teacher: torch.nn.Module, student: torch.nn.Module, mode: str, images, labels
+) -> tuple[Callable[[], torch.Tensor], Callable[[], None]]:
+    """The default loss on compiled copies of the networks: ``(forward, step)``."""
+    distiller = ExplanationDistiller(copy.deepcopy(teacher), copy.deepcopy(student)).train()
+    compile_distiller(distiller, mode)
+    optimizer = torch.optim.SGD(distiller.student.parameters(), lr=0.01, momentum=0.9)
+
+    def forward() -> torch.Tensor:
+        return distiller(images, labels).loss
+
+    def step() -> None:
+        loss = forward()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):  # compile (and, for reduce-overhead, record the CUDA graphs)
+        step()
+    return forward, step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--teacher", default="wrn_40_2")
+    parser.add_argument("--student", default="wrn_16_2")
+    parser.add_argument(
+        "--compile",
+        nargs="*",
+        default=[],
+        metavar="MODE",
+        help="torch.compile modes to add as rows (default, reduce-overhead, ...)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    teacher = build_model("wrn_40_2", num_classes=10).to(device)
-    student = build_model("wrn_16_2", num_classes=10).to(device)
+    teacher = build_model(args.teacher, num_classes=10).to(device)
+    student = build_model(args.student, num_classes=10).to(device)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
     images = torch.randn(args.batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
@@ -121,16 +159,19 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    timings = measure_interleaved(
-        {name: (lambda f=f: step(f)) for name, f in forwards.items()},
-        repeats=args.repeats,
-        device=device,
-    )
+    steps = {name: (lambda f=f: step(f)) for name, f in forwards.items()}
+    for mode in args.compile:
+        name = f"{DEFAULT}, torch.compile {mode}"
+        forwards[name], steps[name] = compiled_step(teacher, student, mode, images, labels)
+    timings = measure_interleaved(steps, repeats=args.repeats, device=device)
     memory = {}
     for name, forward in forwards.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        memory[name] = saved_bytes(forward)
+        try:
+            memory[name] = saved_bytes(forward)
+        except RuntimeError:  # saved-tensor hooks inside a compiled graph
+            memory[name] = None
         if device.type == "cuda":
             memory[name] = (memory[name], torch.cuda.max_memory_allocated(device))
         optimizer.zero_grad(set_to_none=True)
@@ -164,15 +205,22 @@ def main() -> None:
             timings[name],
             f"{timings[name].median / ref_time:.3f}x",
             f"{timings[name].median / ce_time:.3f}x",
-            f"{saved / 2**20:.0f} MiB",
-            f"{saved / ref_mem:.3f}x",
+            "n/a" if saved is None else f"{saved / 2**20:.0f} MiB",
+            "n/a" if saved is None else f"{saved / ref_mem:.3f}x",
         ]
         if device.type == "cuda":
             row.append(f"{memory[name][1] / 2**20:.0f} MiB")
         rows.append(row)
-    print(f"## Training step, WRN-40-2 -> WRN-16-2, batch {args.batch}, {device.type}\n")
+    print(
+        f"## Training step, {args.teacher} -> {args.student}, batch {args.batch}, {device.type}\n"
+    )
     print(machine() + "\n")
     print(table(header, rows))
+    for mode in args.compile:
+        compiled = timings[f"{DEFAULT}, torch.compile {mode}"].median
+        print(
+            f"\ntorch.compile {mode} / eager (default loss): {compiled / timings[DEFAULT].median:.3f}x"
+        )
     print(
         f"\nresident memory after 10 / 40 default steps: {rss_before / 2**20:.0f} / "
         f"{rss_after / 2**20:.0f} MiB"

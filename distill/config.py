@@ -9,6 +9,7 @@ valid choices, before any work starts.
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,10 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 STAGES: tuple[str, ...] = ("all", "teacher", "student")
 
 
-def choices() -> dict[str, tuple[str, ...]]:
+def choices() -> dict[str, tuple[str | bool, ...]]:
     """Valid values of the keys that take a choice, read from the modules that own them."""
     from distill.cam import CAM_METHODS
+    from distill.compile import COMPILE_MODES
     from distill.data import CROPS, DATAMODULES
     from distill.loggers import WANDB_MODES
     from distill.losses.distiller import MAP_TARGETS
@@ -65,6 +67,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "optim.schedule": SCHEDULES,
         "logging.wandb": WANDB_MODES,
         "teacher_cache.dtype": tuple(STORAGE_DTYPES),
+        "trainer.compile": COMPILE_MODES,
     }
 
 
@@ -213,6 +216,10 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     gradient_clip_val: float | None = None
     sync_batchnorm: bool = False  # DDP: batch statistics over the global batch
+    # torch.compile the networks of the training step: false, true (= "default") or a mode such
+    # as "reduce-overhead" (CUDA graphs). Autograd Grad-CAM maps keep the student eager (warned;
+    # see distill/compile.py).
+    compile: bool | str = False
 
 
 @dataclass
@@ -320,10 +327,11 @@ def _validate(cfg: DictConfig) -> None:
     for key, valid in choices().items():
         value = OmegaConf.select(cfg, key)
         if value not in valid:
-            close = difflib.get_close_matches(str(value), valid, n=1)
+            names = [str(v).lower() if isinstance(v, bool) else v for v in valid]
+            close = difflib.get_close_matches(str(value), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{key}={value!r} is not valid{hint}; choose one of {', '.join(valid)}"
+                f"{key}={value!r} is not valid{hint}; choose one of {', '.join(names)}"
             )
     for key in (
         "loss.ce_weight",
@@ -444,6 +452,21 @@ def _validate_models(cfg: DictConfig) -> None:
 
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         check_map_grids(cfg, (3, int(height), int(width)))
+    _warn_compile_fallback(cfg, models["student"])
+
+
+def _warn_compile_fallback(cfg: DictConfig, student: Any) -> None:
+    """``trainer.compile`` with autograd student maps compiles the teacher only: say so."""
+    from distill.compile import student_eager_reason
+
+    if cfg.trainer.compile is False or cfg.stage == "teacher":
+        return
+    layers = [pair.student for pair in cfg.loss.map_layers or []] or [
+        getattr(student, "cam_layer", "")
+    ]
+    reason = student_eager_reason(student, layers, map_closed_form=cfg.loss.map_closed_form)
+    if reason is not None:
+        warnings.warn(f"trainer.compile={cfg.trainer.compile}: {reason}", UserWarning, stacklevel=2)
 
 
 def load_config(name_or_path: str = "quickstart", overrides: list[str] | None = None) -> DictConfig:

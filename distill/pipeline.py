@@ -38,6 +38,7 @@ from distill.callbacks import (
     MapImageCallback,
 )
 from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
+from distill.compile import compile_classifier, compile_distiller
 from distill.config import stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
 from distill.data import SECTIONS, datamodule_from_config
@@ -176,8 +177,10 @@ def _trainer(
 ) -> L.Trainer:
     callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage, run_dir), *callbacks]
     loggers, _ = build_loggers(cfg, run_dir, stage)
+    options = OmegaConf.to_container(cfg.trainer)
+    options.pop("compile")  # applied to the networks (distill/compile.py), not a Trainer argument
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer),  # TrainerConfig's fields are Trainer arguments
+        **options,  # the other TrainerConfig fields are Trainer arguments
         max_epochs=epochs,
         logger=loggers,
         callbacks=[
@@ -296,6 +299,7 @@ def _train_teacher(
         weights=cfg.teacher.weights,  # pretrained: fine-tuned here on the data's classes
         **cfg.teacher.kwargs,
     )
+    compile_classifier(model, cfg.trainer.compile)
     module = ClassifierModule(
         model,
         model_name=cfg.teacher.name,
@@ -430,6 +434,7 @@ def _train_student(
         **cfg.student.kwargs,
     )
     distiller = _distiller(cfg, teacher, student)
+    compile_distiller(distiller, cfg.trainer.compile, warn=False)  # load_config warned
     cache = _teacher_cache(cfg, distiller, dm) if cfg.teacher_cache.enabled else None
     dm.attach_teacher_cache(cache)
     module = DistillModule(
