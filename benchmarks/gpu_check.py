@@ -148,7 +148,7 @@ def cifar_overrides(root: Path, out_dir: Path, device: str, quick: bool) -> list
         f"teacher.checkpoint={out_dir / 'teacher.ckpt'}",
         "logging.wandb=disabled",
         "trainer.enable_progress_bar=false",
-        f"data.cache_dir={out_dir / 'cache'}",  # the student stage reuses the decoded tensor
+        f"data.imagefolder.cache_dir={out_dir / 'cache'}",  # the student stage reuses the decoded tensor
         f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
     ]
     if quick:
