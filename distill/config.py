@@ -23,6 +23,7 @@ __all__ = [
     "DataConfig",
     "ImageFolderDataConfig",
     "ShapesDataConfig",
+    "StreamDataConfig",
     "ModelConfig",
     "LossConfig",
     "OptimConfig",
@@ -102,6 +103,17 @@ class ShapesDataConfig:
 
 
 @dataclass
+class StreamDataConfig:
+    """Options of ``data.name=stream`` only: splits written by
+    ``python -m distill.data.stream optimize SRC OUT``, under data.root (a folder or s3://...)."""
+
+    train_dir: str = "train"
+    holdout_dir: str | None = None  # validation and selection (optimize --holdout); None: test
+    test_dir: str = "val"  # ImageNet's labelled evaluation set
+    cache_dir: str | None = None  # litdata's cache of remote chunks; None: its default
+
+
+@dataclass
 class DataConfig:
     """Dataset and loader settings: shared options, then one section per dataset (only the
     section of ``name`` is used, so a recipe can switch datasets with ``data.name``)."""
@@ -126,9 +138,14 @@ class DataConfig:
     # Seed of the training order and augmentation; None: the run's seed. Fixed, every student
     # of a comparison or sweep sees the same batches (and can share one teacher cache).
     augment_seed: int | None = None
+    # Per-channel normalisation ([0, 1] scale); None: the dataset's (CIFAR-10's for image
+    # folders). Pretrained ImageNet models: [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225].
+    mean: list[float] | None = None
+    std: list[float] | None = None
     cifar: CifarDataConfig = field(default_factory=CifarDataConfig)
     imagefolder: ImageFolderDataConfig = field(default_factory=ImageFolderDataConfig)
     shapes: ShapesDataConfig = field(default_factory=ShapesDataConfig)
+    stream: StreamDataConfig = field(default_factory=StreamDataConfig)
 
 
 @dataclass
@@ -362,8 +379,8 @@ def _validate(cfg: DictConfig) -> None:
         )
     _validate_validation_epochs(cfg)
     _validate_teacher_cache(cfg)
-    if cfg.data.name == "imagefolder" and not cfg.data.root:
-        raise ConfigError("data.root must name the folder when data.name=imagefolder")
+    if cfg.data.name in ("imagefolder", "stream") and not cfg.data.root:
+        raise ConfigError(f"data.root must name the folder when data.name={cfg.data.name}")
     _validate_data(cfg.data)
     _validate_models(cfg)
 
@@ -381,6 +398,29 @@ def _validate_data(data: DictConfig) -> None:
     if data.crop == "random_resized" and data.image_size is None:
         raise ConfigError(
             "data.crop=random_resized needs data.image_size (the crop's output size, e.g. 224)"
+        )
+    for key in ("mean", "std"):
+        if data[key] is not None and len(data[key]) != 3:
+            raise ConfigError(f"data.{key}={list(data[key])} must hold 3 values (R, G, B)")
+    if data.std is not None and min(data.std) <= 0:
+        raise ConfigError(f"data.std={list(data.std)} must be positive")
+    if data.name == "stream":
+        _validate_stream(data)
+
+
+def _validate_stream(data: DictConfig) -> None:
+    """What a streamed split cannot do, refused before anything runs."""
+    if data.in_memory:
+        raise ConfigError("data.name=stream reads chunks as it trains; set data.in_memory=false")
+    if data.image_size is None:
+        raise ConfigError("data.name=stream needs data.image_size (streamed images have any size)")
+    if data.val_fraction > 0 or data.train_fraction < 1:
+        raise ConfigError(
+            f"data.name=stream with data.val_fraction={data.val_fraction}, "
+            f"data.train_fraction={data.train_fraction}: a streamed split cannot be subset at "
+            "load time; set data.val_fraction=0 data.train_fraction=1 and carve the holdout when "
+            "optimizing (python -m distill.data.stream optimize SRC OUT --holdout 0.1, then "
+            "data.stream.holdout_dir=holdout)"
         )
 
 

@@ -7,12 +7,14 @@ decoded and augmented lives here, one module per concern:
 * :mod:`~distill.data.sampling`: seeded, sharded, resumable index streams;
 * :mod:`~distill.data.splits`: the holdout and class-balanced subsets;
 * :mod:`~distill.data.storage`: a uint8 tensor split and a per-sample file split, one interface;
+  :mod:`~distill.data.stream` a third, litdata chunks streamed from disk or an object store
+  (written once by :mod:`~distill.data.stream_optimize`; needs ``distill[stream]``);
 * :mod:`~distill.data.transforms` and :mod:`~distill.data.geometry` (batched ops: pad-crop,
   normalisation, resizes, random-resized crops) and :mod:`~distill.data.preprocess` (which
   transforms a datamodule runs, for either storage);
 * :mod:`~distill.data.base`: the datamodule base; one module per dataset
   (:mod:`~distill.data.cifar`, :mod:`~distill.data.imagefolder` with
-  :mod:`~distill.data.decode`, :mod:`~distill.data.shapes`);
+  :mod:`~distill.data.decode`, :mod:`~distill.data.shapes`, :mod:`~distill.data.streamed`);
 * :mod:`~distill.data.builder`: the strict builder.
 """
 
@@ -35,6 +37,8 @@ from distill.data.shapes import (
 )
 from distill.data.splits import balanced_subset, holdout_split
 from distill.data.storage import FileSplit, TensorBatchDataset, TensorSplit
+from distill.data.stream_optimize import optimize_image_folder
+from distill.data.streamed import StreamDataModule
 from distill.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -71,6 +75,7 @@ __all__ = [
     "ShapesData",
     "ShapesDataModule",
     "ShardedIndexSampler",
+    "StreamDataModule",
     "TensorBatchDataset",
     "TensorSplit",
     "UnreadableImageError",
@@ -80,4 +85,5 @@ __all__ = [
     "holdout_split",
     "load_image_folder",
     "make_shapes",
+    "optimize_image_folder",
 ]

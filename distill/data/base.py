@@ -39,7 +39,8 @@ class ImageDataModule(L.LightningDataModule):
     Args:
         batch_size: GLOBAL training batch size (split evenly across DDP processes).
         eval_batch_size: Global val/test batch size; defaults to ``batch_size``.
-        num_workers: DataLoader workers of the per-sample path (the in-memory path uses none).
+        num_workers: DataLoader workers of the per-sample and streaming paths (the in-memory
+            path uses none).
         pin_memory: Pin host batches for faster host-to-GPU copies.
         in_memory: Tensor storage with batched transforms (True) or per-sample files (False).
         seed: Seed of shuffling and augmentation (not of the data itself).
@@ -283,20 +284,27 @@ class ImageDataModule(L.LightningDataModule):
         )
         loader = self._split(split).loader(spec, self.transforms)
         if train:
-            self._train_sampler = loader.sampler  # type: ignore[assignment]
-            self._start_at_fit_epoch(loader.sampler)  # type: ignore[arg-type]
+            sampler = loader.sampler
+            self._train_sampler = sampler if isinstance(sampler, ShardedIndexSampler) else None
+            self._start_at_fit_epoch(loader)
         return loader
 
-    def _start_at_fit_epoch(self, sampler: ShardedIndexSampler) -> None:
-        """Start a new training sampler at the epoch the trainer's fit loop is in.
+    def _start_at_fit_epoch(self, loader: DataLoader) -> None:
+        """Start a new training loader at the epoch the trainer's fit loop is in.
 
         Why: a run resumed from a checkpoint written at an epoch's end iterates the new loader
         before Lightning calls ``set_epoch`` (and restores no mid-epoch state), so it would
-        replay epoch 0's order and augmentation.
+        replay epoch 0's order and augmentation. Index samplers take ``set_epoch``; a streaming
+        loader, which keeps its own epoch counter, takes ``start_at_epoch``.
         """
         fit_loop = getattr(self.trainer, "fit_loop", None)
-        if fit_loop is not None:
-            sampler.set_epoch(fit_loop.epoch_progress.current.processed)
+        if fit_loop is None:
+            return
+        epoch = fit_loop.epoch_progress.current.processed
+        if isinstance(loader.sampler, ShardedIndexSampler):
+            loader.sampler.set_epoch(epoch)
+        elif hasattr(loader, "start_at_epoch"):
+            loader.start_at_epoch(epoch)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, sharded training batches (uint8 in memory, normalised float per sample)."""

@@ -2,7 +2,7 @@
 
 Why strict: a misspelt or misplaced option that is silently dropped trains on other data than the
 user asked for. Options that only one dataset understands live in that dataset's own config
-section (``data.cifar``, ``data.imagefolder``, ``data.shapes``); :func:`datamodule_from_config`
+section (``data.cifar``, ``data.imagefolder``, ``data.shapes``, ``data.stream``); :func:`datamodule_from_config`
 passes the shared options and the chosen dataset's section, nothing else.
 """
 
@@ -18,6 +18,7 @@ from distill.data.base import ImageDataModule
 from distill.data.cifar import CIFARDataModule
 from distill.data.imagefolder import ImageFolderDataModule
 from distill.data.shapes import ShapesDataModule
+from distill.data.streamed import StreamDataModule
 
 __all__ = ["DATAMODULES", "SECTIONS", "build_datamodule", "datamodule_from_config", "options_of"]
 
@@ -26,6 +27,7 @@ DATAMODULES: dict[str, tuple[type[ImageDataModule], dict[str, Any]]] = {
     "cifar100": (CIFARDataModule, {"name": "cifar100"}),
     "imagefolder": (ImageFolderDataModule, {}),
     "shapes": (ShapesDataModule, {}),
+    "stream": (StreamDataModule, {}),
 }
 """Dataset name -> (datamodule class, fixed constructor arguments)."""
 
@@ -34,6 +36,7 @@ SECTIONS: dict[str, str] = {
     "cifar100": "cifar",
     "imagefolder": "imagefolder",
     "shapes": "shapes",
+    "stream": "stream",
 }
 """Dataset name -> its own section of the ``data`` config."""
 
@@ -53,7 +56,8 @@ def options_of(cls: type) -> list[str]:
 
 
 def build_datamodule(name: str, **kwargs: Any) -> ImageDataModule:
-    """Build a datamodule by name (``cifar10``, ``cifar100``, ``imagefolder``, ``shapes``).
+    """Build a datamodule by name (``cifar10``, ``cifar100``, ``imagefolder``, ``shapes``,
+    ``stream``).
 
     Args:
         name: Dataset name (case-insensitive).
