@@ -69,6 +69,12 @@ def naive_eq19(model: nn.Module, layer: str, image: torch.Tensor, target: int, p
     acts = store["a"][0]
     (grads,) = torch.autograd.grad(score, store["a"])
     grads = grads[0]
+    return eq19_map(acts, grads, plus_plus)
+
+
+def eq19_map(acts: torch.Tensor, grads: torch.Tensor, plus_plus: bool) -> torch.Tensor:
+    """Eq. 19 (Grad-CAM++) or Grad-CAM for one sample's ``[K, h, w]`` activations and the
+    gradients of its score, written out term by term (the reference of the batched maps)."""
     if plus_plus:
         g2, g3 = grads**2, grads**3
         denominator = 2 * g2 + acts.sum((1, 2), keepdim=True) * g3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cam import eq19_map  # tests/ is on sys.path (no __init__.py)
 from torch import nn
 from torch.func import functional_call
 
@@ -78,14 +79,7 @@ def naive_token_eq19(
         h, w = layout.grid
         acts = acts[layout.prefix_tokens :].T.reshape(-1, h, w)
         grads = grads[layout.prefix_tokens :].T.reshape(-1, h, w)
-    if plus_plus:
-        g2, g3 = grads**2, grads**3
-        denominator = 2 * g2 + acts.sum((1, 2), keepdim=True) * g3
-        alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1), 0)
-        weights = (alpha * torch.relu(grads)).sum((1, 2))
-    else:
-        weights = grads.mean((1, 2))
-    return torch.relu((weights[:, None, None] * acts).sum(0)).detach()
+    return eq19_map(acts, grads, plus_plus)
 
 
 # --------------------------------------------------------------------------- layouts, names
