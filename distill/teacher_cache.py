@@ -332,15 +332,14 @@ def open_or_build_teacher_cache(
         reason = "none exists yet"
     datamodule.setup("fit")
     num_classes, map_shapes = _cache_layout(distiller, datamodule.image_shape)
-    size = TeacherCache.disk_bytes(
-        epochs, datamodule.split_size("train"), num_classes, map_shapes, dtype
-    )
+    num_samples = datamodule.split_size("train")
+    size = TeacherCache.disk_bytes(epochs, num_samples, num_classes, map_shapes, dtype)
     print(f"teacher cache: building {folder} ({human_bytes(size)} on disk), since {reason}")
     cache = TeacherCache.create(
         folder,
         key,
         epochs=epochs,
-        num_samples=datamodule.split_size("train"),
+        num_samples=num_samples,
         num_classes=num_classes,
         map_shapes=map_shapes,
         dtype=dtype,
