@@ -26,6 +26,7 @@ __all__ = [
     "wandb_mode",
     "wandb_settings",
     "build_loggers",
+    "wandb_run_id",
     "stage_summary",
     "finish_wandb",
     "OfflineRun",
@@ -70,7 +71,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> tuple[list[Logg
     The CSV logger writes ``<run_dir>/<stage>/metrics.csv``. The wandb run is named
     ``<name>-<run dir>-<stage>``, grouped by ``logging.group`` or else the run directory's
     name (so that one run's stages sit together, apart from other runs of the same recipe),
-    and its config is the whole resolved config plus the stage. It writes under
+    and its config is the whole resolved config plus the stage. Its id is
+    ``<run dir>-<stage>``, so that ``--resume`` continues the same wandb run (``WandbLogger``
+    resumes an existing id; offline, ``wandb sync`` joins the folders of one id in order of
+    start time) instead of opening a second one. It writes under
     ``<run_dir>/wandb``; the mode goes to ``wandb.init`` (not ``WANDB_MODE``), so nothing
     leaks into the process environment.
     """
@@ -82,6 +86,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> tuple[list[Logg
             WandbLogger(
                 project=cfg.logging.project,
                 name=f"{cfg.name}-{run_dir.name}-{stage}",
+                id=wandb_run_id(run_dir, stage),
                 save_dir=str(run_dir),
                 group=cfg.logging.group or run_dir.name,
                 job_type=stage,
@@ -91,6 +96,17 @@ def build_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> tuple[list[Logg
             )
         )
     return loggers, mode
+
+
+def wandb_run_id(run_dir: Path, stage: str) -> str:
+    """The wandb id of a stage: fixed by the run directory, whose name is unique, so that a
+    resumed stage logs into the run it started.
+
+    Example:
+        >>> wandb_run_id(Path("runs/quickstart/20261128-121256-7db589be"), "student")
+        '20261128-121256-7db589be-student'
+    """
+    return f"{run_dir.name}-{stage}"
 
 
 def stage_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:

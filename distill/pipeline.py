@@ -179,6 +179,7 @@ def _trainer(
     loggers, _ = build_loggers(cfg, run_dir, stage)
     options = OmegaConf.to_container(cfg.trainer)
     options.pop("compile")  # applied to the networks (distill/compile.py), not a Trainer argument
+    options.pop("channels_last")  # applied to the networks (_memory_format)
     return L.Trainer(
         **options,  # the other TrainerConfig fields are Trainer arguments
         max_epochs=epochs,
@@ -290,6 +291,13 @@ def _selected_checkpoint(trainer: L.Trainer, holdout: bool) -> Path:
     return Path(chosen)
 
 
+def _memory_format(model: torch.nn.Module, cfg: DictConfig) -> None:
+    """``trainer.channels_last``: channels-last weights make every convolution (and so every
+    activation after the first) channels-last; the input batch needs no conversion."""
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
 def _train_teacher(
     cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
 ) -> dict:
@@ -299,6 +307,7 @@ def _train_teacher(
         weights=cfg.teacher.weights,  # pretrained: fine-tuned here on the data's classes
         **cfg.teacher.kwargs,
     )
+    _memory_format(model, cfg)
     compile_classifier(model, cfg.trainer.compile)
     module = ClassifierModule(
         model,
@@ -371,7 +380,7 @@ def _distiller(
 def _teacher_cache(cfg: DictConfig, distiller: ExplanationDistiller, dm: Any) -> TeacherCache:
     """The run's teacher cache, built on first use. Its key is everything that changes what
     the teacher sees or returns: its weights, the data and its stream, the map settings, the
-    precision and the process layout."""
+    precision, the memory format and the process layout."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     own = data.get(SECTIONS[cfg.data.name])  # the other datasets' sections are not read
     for unused in ("num_workers", "augment_seed", *SECTIONS.values()):
@@ -388,7 +397,7 @@ def _teacher_cache(cfg: DictConfig, distiller: ExplanationDistiller, dm: Any) ->
             "target": cfg.loss.map_target,
             "layers": [[p.student, p.teacher] for p in distiller.map_layers],
         },
-        "trainer": {k: trainer[k] for k in (*layout, "limit_train_batches")},
+        "trainer": {k: trainer[k] for k in (*layout, "limit_train_batches", "channels_last")},
     }
     return open_or_build_teacher_cache(
         cfg.teacher_cache.dir or Path(cfg.output_dir) / "teacher_cache",
@@ -433,6 +442,8 @@ def _train_student(
         weights=cfg.student.weights,
         **cfg.student.kwargs,
     )
+    _memory_format(teacher, cfg)
+    _memory_format(student, cfg)
     distiller = _distiller(cfg, teacher, student)
     compile_distiller(distiller, cfg.trainer.compile, warn=False)  # load_config warned
     cache = _teacher_cache(cfg, distiller, dm) if cfg.teacher_cache.enabled else None

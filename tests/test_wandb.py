@@ -157,3 +157,35 @@ def test_a_failed_stage_finishes_its_run_and_the_next_train_gets_a_new_one(offli
     runs = sorted(_read(folders), key=lambda run: run.exit_code)
     assert [run.exit_code for run in runs] == [0, 1]
     assert runs[0].name != runs[1].name and "test/acc" in runs[0].summary
+
+
+class _FailInEpoch(L.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("crash")
+
+
+def test_resume_continues_the_stage_s_wandb_run(offline_wandb, tmp_path):
+    """A crash in epoch 1, then ``--resume``: the resumed stage logs into the run it started
+    (one id, which ``wandb sync`` joins), with the later steps, not into a second run."""
+    cfg = load_config("quickstart", [*offline_wandb, "stage=teacher", "teacher.epochs=2"])
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, callbacks=[_FailInEpoch(1)])
+    (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
+    summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
+    folders = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2  # one per process start, both of the same run
+    assert all(f.name.endswith(f"-{run_dir.name}-teacher") for f in folders), folders
+    crashed, resumed = sorted(_read(folders), key=lambda run: run.exit_code or 0, reverse=True)
+    assert crashed.exit_code == 1 and resumed.exit_code == 0
+    assert crashed.name == resumed.name == f"quickstart-{run_dir.name}-teacher"
+    assert crashed.group == resumed.group == run_dir.name
+
+    def epochs(run: OfflineRun) -> set[int]:  # the epochs trained (the test logs epoch 2)
+        return {int(row["epoch"]) for row in run.history if "train/acc" in row}
+
+    assert epochs(crashed) == {0} and epochs(resumed) == {1}  # disjoint: sync appends
+    assert resumed.summary["test/acc"] == pytest.approx(summary["teacher"]["test_acc"])
