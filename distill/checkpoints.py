@@ -36,7 +36,7 @@ STAGES = ("student", "teacher")
 EXPORT_FORMAT = "distill-export/1"
 """The ``format`` entry of an export's ``model.json``."""
 
-INFERENCE_KEYS = ("classes", "mean", "std", "image_size")
+INFERENCE_KEYS = ("classes", "mean", "std", "image_size", "crop")
 """What inference needs besides the weights; training stores these as hyperparameters."""
 
 # Hyperparameter naming the architecture -> prefix of that network in the module's state_dict.
@@ -119,6 +119,8 @@ def _with_info(model: nn.Module, name: str, kwargs: dict, info: dict[str, Any]) 
         setattr(model, key, tuple(float(v) for v in value) if value else None)
     size = info.get("image_size") or (defaults.input_size[1:] if defaults else None)
     model.image_size = tuple(int(s) for s in size) if size else None
+    # How evaluation resizes new images; pretrained defaults (timm's) are ImageNet's.
+    model.crop = info.get("crop") or ("random_resized" if defaults else "pad")
     model.teacher_info = info.get("teacher")
     return model.eval()
 
@@ -245,7 +247,9 @@ def load_model(path: str | Path, stage: str = "student") -> nn.Module:
     Returns:
         The network on the CPU in eval mode, with attributes ``num_classes``, ``classes``
         (class names, ``None`` if unknown), ``mean``, ``std`` (input normalisation),
-        ``image_size`` (``(H, W)`` it was trained at), ``model_name``, ``model_kwargs`` and
+        ``image_size`` (``(H, W)`` it was trained at), ``crop`` (the data's training crop,
+        which says how evaluation resizes: see :func:`distill.data.preprocess.eval_geometry`),
+        ``model_name``, ``model_kwargs`` and
         ``teacher_info`` (``{"path", "sha256", "name"}`` of a student's teacher, else ``None``).
 
     Raises:

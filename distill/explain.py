@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
 from distill.cam import GradCAMPlusPlus
 from distill.checkpoints import CheckpointError, load_model, weights_sha256
+from distill.data.preprocess import eval_geometry
 from distill.visualize import captioned_row, overlay_maps
 
 __all__ = ["IMAGE_SUFFIXES", "InputError", "explain_batch", "find_images", "main", "read_images"]
@@ -55,13 +57,17 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_images(paths: Sequence[Path], size: tuple[int, int]) -> Tensor:
-    """Decode any size and mode to RGB ``[B, 3, H, W]`` in [0, 1] at ``size`` = ``(H, W)``."""
+def read_images(paths: Sequence[Path], size: tuple[int, int], crop: str = "pad") -> Tensor:
+    """Decode any size and mode to RGB ``[B, 3, H, W]`` in [0, 1] at ``size`` = ``(H, W)``,
+    resized as the model's evaluation was (``crop``, see
+    :func:`distill.data.preprocess.eval_geometry`): stretched (``pad``), or the shorter side
+    resized and the center cropped (``random_resized``)."""
+    geometry = T.Compose(eval_geometry(crop, size))
     pictures = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                rgb = geometry(image.convert("RGB"))
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read image {path}: {error}") from None
         pictures.append(pil_to_tensor(rgb).float() / 255)
@@ -175,7 +181,7 @@ def _run(args: argparse.Namespace) -> str:
     used: set[str] = set()
     for start in range(0, len(files), batch):
         paths = files[start : start + batch]
-        pictures = read_images(paths, size).to(args.device)
+        pictures = read_images(paths, size, student.crop).to(args.device)
         columns, captions = _columns(models, pictures, args.target)
         captions.insert(0, [f"{path.name}\n" for path in paths])
         for i, path in enumerate(paths):

@@ -91,6 +91,7 @@ def export_model(
         "mean": model.mean,
         "std": model.std,
         "image_size": model.image_size,
+        "crop": model.crop,
         "cam_layer": getattr(model, "cam_layer", None),
         "weights": weights.name,
         "program": program.name,

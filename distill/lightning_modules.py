@@ -50,8 +50,10 @@ class _ClassificationModule(L.LightningModule):
         mean, std: the input normalisation (explanation metrics undo it; inference needs it).
         classes: class names, index = label.
         image_size: ``(H, W)`` of the training images.
+        crop: the data's training crop (``pad`` or ``random_resized``): it says how evaluation
+            resizes new images (stretch, or resize then center-crop).
 
-    The last four are saved as hyperparameters so that :func:`distill.load_model` can hand
+    The last five are saved as hyperparameters so that :func:`distill.load_model` can hand
     them to inference code.
     """
 
@@ -65,6 +67,7 @@ class _ClassificationModule(L.LightningModule):
         std: tuple[float, ...] | None = None,
         classes: Sequence[str] | None = None,
         image_size: tuple[int, int] | None = None,
+        crop: str | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes

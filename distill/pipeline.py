@@ -144,13 +144,15 @@ def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def _inference_info(dm: Any) -> dict[str, Any]:
-    """What a checkpoint needs for inference later: class names, normalisation, image size."""
+    """What a checkpoint needs for inference later: class names, normalisation, image size and
+    the crop (which says how evaluation resizes)."""
     dm.setup("fit")  # the image size is known once a split is loaded; fit loads the same splits
     return {
         "mean": tuple(dm.mean),
         "std": tuple(dm.std),
         "classes": list(dm.classes),
         "image_size": tuple(dm.image_shape[1:]),
+        "crop": dm.transforms.crop,
     }
 
 

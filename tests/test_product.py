@@ -16,7 +16,8 @@ from PIL import Image, features
 from distill import CheckpointError, export_model, load_model, weights_sha256
 from distill.config import load_config
 from distill.data import SHAPES_CLASSES, SHAPES_MEAN, SHAPES_STD
-from distill.explain import MIN_PANEL, main
+from distill.data.preprocess import ImageTransforms
+from distill.explain import MIN_PANEL, main, read_images
 from distill.lightning_modules import TEACHER_PREFIX
 from distill.pipeline import RUN_DIR_ENV, train
 from distill.visualize import CAPTION_HEIGHT
@@ -63,7 +64,7 @@ def test_student_checkpoints_hold_the_student_and_reference_the_teacher(run):
         # What inference needs travels in the hyperparameters.
         hparams = checkpoint["hyper_parameters"]
         assert hparams["classes"] == list(SHAPES_CLASSES)
-        assert tuple(hparams["image_size"]) == (32, 32)
+        assert tuple(hparams["image_size"]) == (32, 32) and hparams["crop"] == "pad"
     # The recorded hash is the teacher file's weights, whatever its container holds besides.
     assert weights_sha256(load_model(teacher_path)) == weights_sha256(result.teacher)
     assert weights_sha256(result.teacher) != weights_sha256(result.student)
@@ -84,7 +85,7 @@ def test_load_model_reads_checkpoints_and_run_directories(run):
         assert torch.equal(_logits(model), expected), case
         assert model.num_classes == len(SHAPES_CLASSES) and model.classes == list(SHAPES_CLASSES)
         assert model.mean == pytest.approx(SHAPES_MEAN) and model.std == pytest.approx(SHAPES_STD)
-        assert model.image_size == (32, 32), case
+        assert model.image_size == (32, 32) and model.crop == "pad", case
     assert load_model(run_dir).teacher_info["sha256"] == weights_sha256(result.teacher)
     assert load_model(run_dir, "teacher").teacher_info is None
 
@@ -102,6 +103,7 @@ def test_export_reloads_and_runs_with_torch_alone(run, tmp_path, monkeypatch, sa
     meta = json.loads(files["metadata"].read_text())
     assert meta["architecture"] == "wrn_16_1" and meta["cam_layer"] == "relu"
     assert meta["classes"] == list(SHAPES_CLASSES) and meta["image_size"] == [32, 32]
+    assert meta["crop"] == "pad"
     assert meta["num_classes"] == 6 and meta["mean"] == pytest.approx(SHAPES_MEAN)
 
     expected = _logits(result.student)
@@ -240,3 +242,23 @@ def test_explain_input_errors_are_one_line_exit_2(run, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("crop", ["pad", "random_resized"])
+def test_explain_resizes_new_images_as_evaluation_did(tmp_path, crop):
+    """A 40x64 photo is shown to the model as the evaluation split showed it: stretched
+    (``pad``), or resized to 27 on the shorter side and center-cropped to 24
+    (``random_resized``)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(path)
+    evaluation = ImageTransforms(
+        image_size=24, crop=crop, augment=False, padding=4, mean=(0, 0, 0), std=(1, 1, 1), seed=0
+    ).sample(train=False, native_hw=(40, 64))
+    with Image.open(path) as image:
+        expected = evaluation(image.convert("RGB"))
+    got = read_images([path], (24, 24), crop)
+    assert got.shape == (1, 3, 24, 24)
+    torch.testing.assert_close(got[0], expected, rtol=0, atol=1e-6)
+    other = read_images([path], (24, 24), "pad" if crop == "random_resized" else "random_resized")
+    assert (other - got).abs().max() > 0.1  # the two resizes differ on this picture

@@ -266,3 +266,26 @@ def test_lightning_tips_and_default_limits_are_not_printed(tiny_overrides, capsy
     printed = capsys.readouterr().out + capsys.readouterr().err + caplog.text
     assert "Tip:" not in printed and "was configured so 100%" not in printed
     assert "teacher.test_acc" in printed  # the run's own summary still prints
+
+
+def test_channels_last_trains_the_same_networks(tiny_overrides, monkeypatch):
+    """``trainer.channels_last``: both networks hold channels-last weights (so every
+    convolution runs channels-last), the numbers are those of the default layout up to the
+    order of summation, and the checkpoint loads as usual."""
+    summaries = {}
+    for channels_last in (False, True):
+        monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+        cfg = load_config("quickstart", [*tiny_overrides, f"trainer.channels_last={channels_last}"])
+        summaries[channels_last], result = train(cfg)
+    for model in (result.teacher, result.student):
+        weight = next(p for p in model.parameters() if p.dim() == 4)
+        assert (
+            weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        )
+    for stage in ("teacher", "student"):
+        plain, fast = summaries[False][stage], summaries[True][stage]
+        assert fast["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-3), stage
+        assert fast["test_acc"] == pytest.approx(plain["test_acc"], abs=2 / 64), stage
+    loaded = load_classifier(summaries[True]["student"]["checkpoint"])
+    assert all(p.is_contiguous() for p in loaded.parameters())
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)

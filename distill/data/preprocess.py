@@ -35,7 +35,7 @@ from distill.data.geometry import (
 )
 from distill.data.transforms import BatchAugment, Normalize
 
-__all__ = ["CROPS", "ImageTransforms"]
+__all__ = ["CROPS", "ImageTransforms", "eval_geometry"]
 
 CROPS: tuple[str, ...] = ("pad", "random_resized")
 """Training crops: CIFAR's pad-and-crop, ImageNet's random-resized crop."""
@@ -153,12 +153,39 @@ class ImageTransforms:
         steps: list[Any]
         if self.crop == "random_resized" and augment:
             steps = [T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]
-        elif self.crop == "random_resized":
-            steps = [T.Resize(eval_resize_size(size), antialias=True), T.CenterCrop(size)]
         else:
-            steps = [T.Resize((size, size), antialias=True)] if size is not None else []
+            steps = eval_geometry(self.crop, size)
             if augment:
                 out = self.output_hw(native_hw)
                 steps += [T.RandomCrop(out, padding=self.padding), T.RandomHorizontalFlip()]
         steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
         return T.Compose(steps)
+
+
+def eval_geometry(crop: str, image_size: int | tuple[int, int] | None) -> list[Any]:
+    """The evaluation resize (and crop) of one PIL image, as torchvision transforms: the file
+    storage's evaluation transform, and what :mod:`distill.explain` shows a trained model.
+
+    ``random_resized``: the shorter side to ``round(size / 0.875)``, then the central
+    ``size x size``; ``pad``: stretched to ``image_size`` (nothing when it is ``None``).
+
+    Example:
+        >>> [type(step).__name__ for step in eval_geometry("random_resized", 224)]
+        ['Resize', 'CenterCrop']
+        >>> eval_geometry("random_resized", 224)[0].size
+        256
+    """
+    from torchvision import transforms as T
+
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {', '.join(CROPS)}; got {crop!r}")
+    if image_size is None:
+        if crop == "random_resized":
+            raise ValueError("crop='random_resized' needs image_size")
+        return []
+    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if crop == "random_resized":
+        if hw[0] != hw[1]:
+            raise ValueError(f"crop='random_resized' makes square inputs, got {hw[0]}x{hw[1]}")
+        return [T.Resize(eval_resize_size(hw[0]), antialias=True), T.CenterCrop(hw[0])]
+    return [T.Resize(hw, antialias=True)]
