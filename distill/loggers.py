@@ -27,6 +27,7 @@ __all__ = [
     "wandb_settings",
     "build_loggers",
     "wandb_run_id",
+    "offline_sync_command",
     "stage_summary",
     "finish_wandb",
     "OfflineRun",
@@ -109,6 +110,22 @@ def wandb_run_id(run_dir: Path, stage: str) -> str:
     return f"{run_dir.name}-{stage}"
 
 
+def offline_sync_command(run_dir: Path, resumed: bool) -> str:
+    """The ``wandb sync`` command that uploads every offline run of ``run_dir``.
+
+    A resumed stage has one ``offline-run-*`` folder per process start, all under the stage's
+    id: ``--id`` makes ``wandb sync`` upload them into that one run, in order of start time
+    (offline, wandb does not mark the later folders as resumed), so a resumed run gets one
+    ``wandb sync --id`` per stage, chained.
+    """
+    folders = run_dir / "wandb"
+    if not resumed:
+        return f"wandb sync {folders}/offline-run-*"
+    # offline-run-<date>_<time>-<id>
+    ids = sorted({path.name.split("-", 3)[3] for path in folders.glob("offline-run-*-*")})
+    return " && ".join(f"wandb sync --id {i} {folders}/offline-run-*-{i}" for i in ids)
+
+
 def stage_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """A stage's ``summary.json`` entry under the names a dashboard compares runs by:
     ``best/val_acc`` (the best validation accuracy), ``final/val_*`` (the last validation),
@@ -161,6 +178,8 @@ class OfflineRun:
     name: str
     group: str
     job_type: str
+    run_id: str = ""
+    resumed: bool = False  # a continuation of an earlier start of the same id
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -218,6 +237,7 @@ def read_offline_run(folder: str | Path) -> OfflineRun:
         if kind == "run":
             info = record.run
             run.name, run.group, run.job_type = info.display_name, info.run_group, info.job_type
+            run.run_id, run.resumed = info.run_id, info.resumed
             _apply(run.config, info.config.update)
             _apply(run.summary, info.summary.update)
         elif kind == "config":

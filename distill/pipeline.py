@@ -43,7 +43,13 @@ from distill.config import stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
 from distill.data import SECTIONS, datamodule_from_config
 from distill.lightning_modules import ClassifierModule, DistillModule
-from distill.loggers import build_loggers, finish_wandb, stage_summary, wandb_mode
+from distill.loggers import (
+    build_loggers,
+    finish_wandb,
+    offline_sync_command,
+    stage_summary,
+    wandb_mode,
+)
 from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
 from distill.resolution import check_map_grids
@@ -582,6 +588,6 @@ def train(
         summary_path.write_text(json.dumps(summary, indent=2))
         _print_summary(summary)
         if print_sync and wandb_mode(cfg.logging.wandb) == "offline":
-            sync = f"wandb sync {run_dir / 'wandb'}/offline-run-*"  # every stage of this run
+            sync = offline_sync_command(run_dir, resumed=resume)  # every stage of this run
             print(f"wandb is offline; upload this run with: {sync}")
     return summary, result

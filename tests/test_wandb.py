@@ -168,14 +168,20 @@ class _FailInEpoch(L.Callback):
             raise RuntimeError("crash")
 
 
-def test_resume_continues_the_stage_s_wandb_run(offline_wandb, tmp_path):
+def test_resume_continues_the_stage_s_wandb_run(offline_wandb, tmp_path, capsys):
     """A crash in epoch 1, then ``--resume``: the resumed stage logs into the run it started
     (one id, which ``wandb sync`` joins), with the later steps, not into a second run."""
     cfg = load_config("quickstart", [*offline_wandb, "stage=teacher", "teacher.epochs=2"])
     with pytest.raises(RuntimeError, match="crash"):
         train(cfg, callbacks=[_FailInEpoch(1)])
     (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
+    capsys.readouterr()
     summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
+    # Offline, wandb does not mark the second folder as resumed: --id uploads both into one run.
+    stage_id = f"{run_dir.name}-teacher"
+    sync = f"wandb sync --id {stage_id} {run_dir / 'wandb'}/offline-run-*-{stage_id}"
+    out = capsys.readouterr().out
+    assert out.count("wandb sync") == 1 and sync in out, out[-500:]
     folders = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(folders) == 2  # one per process start, both of the same run
     assert all(f.name.endswith(f"-{run_dir.name}-teacher") for f in folders), folders
@@ -183,6 +189,7 @@ def test_resume_continues_the_stage_s_wandb_run(offline_wandb, tmp_path):
     assert crashed.exit_code == 1 and resumed.exit_code == 0
     assert crashed.name == resumed.name == f"quickstart-{run_dir.name}-teacher"
     assert crashed.group == resumed.group == run_dir.name
+    assert crashed.run_id == resumed.run_id == f"{run_dir.name}-teacher"
 
     def epochs(run: OfflineRun) -> set[int]:  # the epochs trained (the test logs epoch 2)
         return {int(row["epoch"]) for row in run.history if "train/acc" in row}
