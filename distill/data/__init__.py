@@ -12,9 +12,10 @@ decoded and augmented lives here, one module per concern:
 * :mod:`~distill.data.transforms` and :mod:`~distill.data.geometry` (batched ops: pad-crop,
   normalisation, resizes, random-resized crops) and :mod:`~distill.data.preprocess` (which
   transforms a datamodule runs, for either storage);
-* :mod:`~distill.data.base`: the datamodule base; one module per dataset
-  (:mod:`~distill.data.cifar`, :mod:`~distill.data.imagefolder` with
-  :mod:`~distill.data.decode`, :mod:`~distill.data.shapes`, :mod:`~distill.data.streamed`);
+* :mod:`~distill.data.base`: the datamodule base, with its batch-transfer hooks in
+  :mod:`~distill.data.transfer`; one module per dataset (:mod:`~distill.data.cifar`,
+  :mod:`~distill.data.imagefolder` with :mod:`~distill.data.decode`,
+  :mod:`~distill.data.shapes`, :mod:`~distill.data.streamed`);
 * :mod:`~distill.data.builder`: the strict builder.
 """
 

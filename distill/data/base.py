@@ -1,18 +1,16 @@
-"""The datamodule base: storage choice, splits, global batch size, the batched transform hook.
+"""The datamodule base: storage choice, splits, global batch size, the loaders.
 
 A dataset subclass gives its samples in either storage (:mod:`distill.data.storage`);
 ``in_memory`` picks one, once, and everything else goes through the storage's interface. Batch
 sizes are global (each process loads ``batch_size // world_size``). Shuffling depends only on
-``(seed, epoch)``, batched augmentation on ``(seed, epoch, rank, batch)``, per-sample transforms
-on ``(seed, epoch, index)``: batches do not depend on ``num_workers``, and a run resumed
-mid-epoch continues with the same batches. Because the datamodule overrides
-``on_after_batch_transfer``, Lightning uses it instead of a LightningModule's own.
+``(seed, epoch)``, batched augmentation on ``(seed, epoch, rank, batch)`` (the batch-transfer
+hooks, :mod:`distill.data.transfer`), per-sample transforms on ``(seed, epoch, index)``: batches
+do not depend on ``num_workers``, and a run resumed mid-epoch continues with the same batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import lightning as L
 import torch
@@ -20,17 +18,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from distill.data.preprocess import ImageTransforms
-from distill.data.sampling import IndexBatchSampler, ShardedIndexSampler, mix_seed
-from distill.data.splits import SPLITS, SplitSelection
+from distill.data.sampling import ShardedIndexSampler, per_rank_batch_size, start_at_epoch
+from distill.data.splits import SplitSelection, stage_splits
 from distill.data.storage import FileSplit, LoaderSpec, Split, TensorSplit
+from distill.data.transfer import BatchTransferHooks
 from distill.data.transforms import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 __all__ = ["ImageDataModule"]
 
-_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
-
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
     """Shared machinery of every dataset: splits, storage, global batch size, transforms.
 
     Subclasses implement ``_tensor_split(key)`` and ``_file_split(key)`` for a storage key
@@ -110,7 +107,6 @@ class ImageDataModule(L.LightningDataModule):
             std=std if std is not None else self.default_std,
             seed=self.stream_seed,
         )
-        self.teacher_cache: Any = None  # see attach_teacher_cache
         self.index_train_batches = False  # training batches end with their sample indices
         self._train_sampler: ShardedIndexSampler | None = None
         self._stored: dict[str, Split] = {}  # storage key -> its samples
@@ -124,14 +120,6 @@ class ImageDataModule(L.LightningDataModule):
     def stream_seed(self) -> int:
         """Seed of the training order and augmentation: ``augment_seed``, else ``seed``."""
         return self.seed if self.augment_seed is None else self.augment_seed
-
-    def attach_teacher_cache(self, cache: Any) -> None:
-        """Read the teacher's outputs for every training batch from ``cache``.
-
-        Training batches then end with the cache's rows for ``(epoch, their samples)``, read
-        on the host before the transfer (a :class:`distill.TeacherCache`; ``None`` detaches).
-        """
-        self.teacher_cache = cache
 
     @property
     def num_classes(self) -> int:
@@ -172,24 +160,15 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
 
-    def _per_device(self, global_batch: int) -> int:
-        world = self._world()[1]
-        if global_batch % world:
-            raise ValueError(
-                f"global batch size {global_batch} is not divisible by the world size {world}; "
-                "choose a batch size that is a multiple of the number of processes"
-            )
-        return global_batch // world
-
     @property
     def batch_size_per_device(self) -> int:
         """Training batch size of each process: ``batch_size // trainer.world_size``."""
-        return self._per_device(self.batch_size)
+        return per_rank_batch_size(self.batch_size, self._world()[1])
 
     @property
     def eval_batch_size_per_device(self) -> int:
         """Val/test batch size of each process."""
-        return self._per_device(self.eval_batch_size)
+        return per_rank_batch_size(self.eval_batch_size, self._world()[1])
 
     @property
     def has_holdout(self) -> bool:
@@ -229,7 +208,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits needed for ``stage`` (idempotent: loaded splits are kept)."""
-        for split in _STAGE_SPLITS.get("test" if stage == "predict" else stage or "", SPLITS):
+        for split in stage_splits(stage):
             self._split(split)
 
     def _storage(self, key: str) -> Split:
@@ -286,25 +265,10 @@ class ImageDataModule(L.LightningDataModule):
         if train:
             sampler = loader.sampler
             self._train_sampler = sampler if isinstance(sampler, ShardedIndexSampler) else None
-            self._start_at_fit_epoch(loader)
+            fit_loop = getattr(self.trainer, "fit_loop", None)
+            if fit_loop is not None:  # start at the epoch a resumed fit is in
+                start_at_epoch(loader, fit_loop.epoch_progress.current.processed)
         return loader
-
-    def _start_at_fit_epoch(self, loader: DataLoader) -> None:
-        """Start a new training loader at the epoch the trainer's fit loop is in.
-
-        Why: a run resumed from a checkpoint written at an epoch's end iterates the new loader
-        before Lightning calls ``set_epoch`` (and restores no mid-epoch state), so it would
-        replay epoch 0's order and augmentation. Index samplers take ``set_epoch``; a streaming
-        loader, which keeps its own epoch counter, takes ``start_at_epoch``.
-        """
-        fit_loop = getattr(self.trainer, "fit_loop", None)
-        if fit_loop is None:
-            return
-        epoch = fit_loop.epoch_progress.current.processed
-        if isinstance(loader.sampler, ShardedIndexSampler):
-            loader.sampler.set_epoch(epoch)
-        elif hasattr(loader, "start_at_epoch"):
-            loader.start_at_epoch(epoch)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, sharded training batches (uint8 in memory, normalised float per sample)."""
@@ -338,34 +302,3 @@ class ImageDataModule(L.LightningDataModule):
         data = self._split(split)
         n = max(0, min(int(n), len(data)))
         return data.eval_batch((torch.arange(n) * len(data)) // max(n, 1), self.transforms)
-
-    # ---- batched transforms ------------------------------------------------------------------
-
-    def preprocess(self, batch: Any, train: bool) -> Any:
-        """Augment (if ``train``) and normalise the image part of an in-memory batch.
-
-        Float batches (per-sample path: already transformed) are returned unchanged. Use this
-        when iterating the dataloaders outside a Lightning trainer.
-        """
-        return self.transforms.batch(batch, train)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Run :meth:`preprocess` on the device; augment only while the trainer is training."""
-        trainer = self.trainer
-        train = bool(trainer is not None and trainer.training)
-        sampler = self._train_sampler
-        if train and trainer is not None and isinstance(sampler, IndexBatchSampler):
-            # One seed per (epoch, rank, batch): a run resumed mid-epoch augments the remaining
-            # batches exactly as an uninterrupted run would.
-            epoch, rank = sampler.current_epoch, trainer.global_rank
-            batch_seed = mix_seed(self.stream_seed, epoch, rank, sampler.batches_yielded)
-            self.transforms.manual_seed(batch_seed)
-        return self.preprocess(batch, train)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With a teacher cache, swap a training batch's sample indices for its cached rows."""
-        trainer = self.trainer
-        if self.teacher_cache is None or trainer is None or not trainer.training:
-            return batch
-        rows = self.teacher_cache.rows(trainer.current_epoch, batch[-1])
-        return (*batch[:-1], rows)

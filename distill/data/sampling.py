@@ -1,9 +1,9 @@
-"""Seeded shuffling, sharding across ranks, and mid-epoch resume of the index stream.
+"""Seeded shuffling, sharding across ranks, and resuming the index stream.
 
 Why one module: the order of the samples is the one thing every storage shares. The per-epoch
-permutation depends only on ``(seed, epoch)``; each rank takes a disjoint shard of it; the
-in-memory loader records how many batches it has yielded so a checkpoint can resume at the very
-next batch.
+permutation depends only on ``(seed, epoch)``; each rank takes a disjoint shard of it (and its
+share of the global batch); the in-memory loader records how many batches it has yielded so a
+checkpoint can resume at the very next batch, and a new loader can start at a given epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ __all__ = [
     "ResumableDataLoader",
     "ShardedIndexSampler",
     "mix_seed",
+    "per_rank_batch_size",
+    "start_at_epoch",
 ]
 
 
@@ -31,6 +33,16 @@ def mix_seed(*parts: int) -> int:
     for p in parts:
         h.update(int(p).to_bytes(16, "little", signed=True))
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+def per_rank_batch_size(global_batch: int, world: int) -> int:
+    """Each process's share of a GLOBAL batch size (which must split evenly across ``world``)."""
+    if global_batch % world:
+        raise ValueError(
+            f"global batch size {global_batch} is not divisible by the world size {world}; "
+            "choose a batch size that is a multiple of the number of processes"
+        )
+    return global_batch // world
 
 
 class ShardedIndexSampler(DistributedSampler):
@@ -195,3 +207,17 @@ class ResumableDataLoader(DataLoader):
         sampler = self.sampler
         assert isinstance(sampler, IndexBatchSampler)
         sampler.resume(state_dict["epoch"], state_dict["batches"])
+
+
+def start_at_epoch(loader: DataLoader, epoch: int) -> None:
+    """Make a new training loader's next iteration be over (0-based) ``epoch``.
+
+    Why: a run resumed from a checkpoint written at an epoch's end iterates the new loader
+    before Lightning calls ``set_epoch`` (and restores no mid-epoch state), so it would
+    replay epoch 0's order and augmentation. Index samplers take ``set_epoch``; a streaming
+    loader, which keeps its own epoch counter, takes ``start_at_epoch``.
+    """
+    if isinstance(loader.sampler, ShardedIndexSampler):
+        loader.sampler.set_epoch(epoch)
+    elif hasattr(loader, "start_at_epoch"):
+        loader.start_at_epoch(epoch)

@@ -16,9 +16,15 @@ from torch import Tensor
 from distill.data.sampling import mix_seed
 from distill.data.storage import Split
 
-__all__ = ["SPLITS", "SplitSelection", "balanced_subset", "holdout_split"]
+__all__ = ["SPLITS", "SplitSelection", "balanced_subset", "holdout_split", "stage_splits"]
 
 SPLITS = ("train", "val", "test")
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+def stage_splits(stage: str | None) -> tuple[str, ...]:
+    """The splits a Lightning stage uses: ``predict`` runs on test; no (or another) stage, all."""
+    return _STAGE_SPLITS.get("test" if stage == "predict" else stage or "", SPLITS)
 
 
 def balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
