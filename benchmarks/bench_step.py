@@ -9,11 +9,12 @@ beyond the weights), and on CUDA also the peak allocated.
 
 ``--compile MODE ...`` adds one row per ``torch.compile`` mode: the default loss on compiled
 copies of the two networks (``distill.compile.compile_distiller``, as ``trainer.compile`` does),
-each with its own optimizer; compilation happens in untimed warm-up calls.
+each with its own optimizer; compilation happens in untimed warm-up calls. ``--channels-last``
+adds the default loss on channels-last copies (``trainer.channels_last``) in the same way.
 
 Usage:
     python benchmarks/bench_step.py [--batch 128] [--repeats 5] [--device cpu|cuda]
-                                    [--compile default reduce-overhead]
+                                    [--compile default reduce-overhead] [--channels-last]
 """
 
 from __future__ import annotations
@@ -77,12 +78,22 @@ def saved_bytes(step_forward: Callable[[], torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-def compiled_step(
-    teacher: torch.nn.Module, student: torch.nn.Module, mode: str, images, labels
+def copied_step(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mode: str | None = None,
+    channels_last: bool = False,
 ) -> tuple[Callable[[], torch.Tensor], Callable[[], None]]:
-    """The default loss on compiled copies of the networks: ``(forward, step)``."""
+    """The default loss on copies of the networks, compiled with ``mode`` and/or in
+    channels-last memory format: ``(forward, step)``."""
     distiller = ExplanationDistiller(copy.deepcopy(teacher), copy.deepcopy(student)).train()
-    compile_distiller(distiller, mode)
+    if channels_last:
+        distiller.to(memory_format=torch.channels_last)
+    if mode is not None:
+        compile_distiller(distiller, mode)
     optimizer = torch.optim.SGD(distiller.student.parameters(), lr=0.01, momentum=0.9)
 
     def forward() -> torch.Tensor:
@@ -94,7 +105,7 @@ def compiled_step(
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):  # compile (and, for reduce-overhead, record the CUDA graphs)
+    for _ in range(3):  # warm up; compile (and, for reduce-overhead, record the CUDA graphs)
         step()
     return forward, step
 
@@ -112,6 +123,9 @@ def main() -> None:
         default=[],
         metavar="MODE",
         help="torch.compile modes to add as rows (default, reduce-overhead, ...)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="add the default loss in channels-last"
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -162,7 +176,12 @@ def main() -> None:
     steps = {name: (lambda f=f: step(f)) for name, f in forwards.items()}
     for mode in args.compile:
         name = f"{DEFAULT}, torch.compile {mode}"
-        forwards[name], steps[name] = compiled_step(teacher, student, mode, images, labels)
+        forwards[name], steps[name] = copied_step(teacher, student, images, labels, mode=mode)
+    if args.channels_last:
+        name = f"{DEFAULT}, channels-last"
+        forwards[name], steps[name] = copied_step(
+            teacher, student, images, labels, channels_last=True
+        )
     timings = measure_interleaved(steps, repeats=args.repeats, device=device)
     memory = {}
     for name, forward in forwards.items():
@@ -220,6 +239,11 @@ def main() -> None:
         compiled = timings[f"{DEFAULT}, torch.compile {mode}"].median
         print(
             f"\ntorch.compile {mode} / eager (default loss): {compiled / timings[DEFAULT].median:.3f}x"
+        )
+    if args.channels_last:
+        fast = timings[f"{DEFAULT}, channels-last"].median
+        print(
+            f"\nchannels-last / default layout (default loss): {fast / timings[DEFAULT].median:.3f}x"
         )
     print(
         f"\nresident memory after 10 / 40 default steps: {rss_before / 2**20:.0f} / "

@@ -248,6 +248,7 @@ def plan(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
     step = ["--device", d, "--batch", "8" if q else "128", "--repeats", "2" if q else "5"]
     if q:
         step += ["--teacher", "wrn_16_1", "--student", "wrn_16_1"]
+    step += ["--channels-last"]
     if d == "cuda":
         step += ["--compile", "reduce-overhead"]  # CUDA graphs: small networks are launch-bound
     data = ["--device", d, "--batch", "32" if q else "128", "--batches", "3" if q else "20"]
