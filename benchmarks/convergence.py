@@ -127,7 +127,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", nargs="+", type=Path, help="finished compare folders")
-    parser.add_argument("--config", default="quickstart")
+    parser.add_argument("--config", default="shapes_wrn")
     parser.add_argument("--epochs", default="40,160,640", help="comma-separated student epochs")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="ce,kd,kd_gradcam_pp", help="also filters --results")
