@@ -3,12 +3,12 @@
 Do the maps improve where training ends up, or only how fast it gets there? Run the comparison
 runner at several lengths (same teacher, data, holdout and seeds), then collect the results:
 
-    python benchmarks/convergence.py --config quickstart --epochs 40,160,640 --seeds 0,1,2 \
+    python benchmarks/convergence.py --config shapes_wrn --epochs 40,160,640 --seeds 0,1,2 \
         --methods ce,kd,kd_gradcam_pp teacher.checkpoint=T.ckpt data.train_fraction=0.1 ...
     python benchmarks/convergence.py --results DIR [DIR ...]   # tables and plot from finished runs
 
 Every run is one ``compare`` invocation with ``student.epochs=N``; its checkpoint is selected as
-the recipe's protocol says (the holdout for ``quickstart`` and ``cifar_wrn_cpu``) and tested once
+the recipe's protocol says (the holdout for ``quickstart``, ``shapes_wrn`` and ``cifar_wrn_cpu``) and tested once
 on the test split. Writes ``convergence.md`` (mean ± std over seeds per method and length) and
 ``convergence.png`` (mean top-1 against training steps, ±1 std bars, every seed as a dot).
 """
@@ -127,7 +127,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", nargs="+", type=Path, help="finished compare folders")
-    parser.add_argument("--config", default="quickstart")
+    parser.add_argument("--config", default="shapes_wrn")
     parser.add_argument("--epochs", default="40,160,640", help="comma-separated student epochs")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="ce,kd,kd_gradcam_pp", help="also filters --results")

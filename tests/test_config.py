@@ -72,12 +72,12 @@ def test_overrides_switch_variants():
         (["data.shapes.root=x"], r"unknown key 'data.shapes.root'"),
         (["data.root=/x"], r"data.root does not apply to data.name=shapes"),
         (
-            ["trainer.check_val_every_n_epoch=3"],
-            r"teacher.epochs=10 is not a multiple of trainer.check_val_every_n_epoch=3",
+            ["trainer.check_val_every_n_epoch=5"],
+            r"teacher.epochs=16 is not a multiple of trainer.check_val_every_n_epoch=5",
         ),
         (
-            ["stage=student", "trainer.check_val_every_n_epoch=3"],
-            r"student.epochs=8 is not a multiple",
+            ["stage=student", "trainer.check_val_every_n_epoch=5"],
+            r"student.epochs=12 is not a multiple",
         ),
         (["trainer.check_val_every_n_epoch=0"], r"trainer.check_val_every_n_epoch=0 must be > 0"),
     ],
@@ -91,8 +91,8 @@ def test_invalid_configs_raise_one_line(overrides, pattern):
 def test_loaded_teacher_needs_no_validation_schedule(tmp_path):
     ckpt = tmp_path / "teacher.ckpt"
     ckpt.write_bytes(b"")
-    overrides = ["trainer.check_val_every_n_epoch=4", f"teacher.checkpoint={ckpt}"]
-    assert load_config("quickstart", overrides).teacher.epochs == 10  # 10 % 4 != 0: not trained
+    overrides = ["trainer.check_val_every_n_epoch=3", f"teacher.checkpoint={ckpt}"]
+    assert load_config("quickstart", overrides).teacher.epochs == 16  # 16 % 3 != 0: not trained
 
 
 def test_missing_config_suggests_names():
