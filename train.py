@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="quickstart", help="recipe name or YAML path")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options may follow the key=value overrides
 
 
 def main(argv: list[str] | None = None) -> int:

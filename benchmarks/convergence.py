@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: the first results)")
     parser.add_argument("--title", default="test top-1 against training length")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may follow the key=value overrides
     folders = list(args.results or [])
     methods = [m for m in args.methods.split(",") if m]
     if not folders:

@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the teacher in every student step instead of reading a teacher cache",
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may follow the key=value overrides
     if args.merge:
         try:
             rows = merge(args.merge, args.out or args.merge[0] / "merged")

@@ -105,9 +105,9 @@ def test_cli_exits_2_and_writes_nothing(tmp_path):
         [
             sys.executable,
             str(ROOT / "train.py"),
-            "--config",
-            "quickstart",
             f"output_dir={tmp_path}",
+            "--config",  # options may follow overrides
+            "quickstart",
             "loss.foo=1",
         ],
         capture_output=True,
