@@ -121,9 +121,10 @@ def offline_sync_command(run_dir: Path, resumed: bool) -> str:
     folders = run_dir / "wandb"
     if not resumed:
         return f"wandb sync {folders}/offline-run-*"
-    # offline-run-<date>_<time>-<id>
-    ids = sorted({path.name.split("-", 3)[3] for path in folders.glob("offline-run-*-*")})
-    return " && ".join(f"wandb sync --id {i} {folders}/offline-run-*-{i}" for i in ids)
+    # offline-run-<date>_<time>-<id>, with "-1", "-2", ... when two start in the same second
+    ids = [wandb_run_id(run_dir, stage) for stage in ("teacher", "student")]
+    ids = [i for i in ids if any(folders.glob(f"offline-run-*-{i}*"))]
+    return " && ".join(f"wandb sync --id {i} {folders}/offline-run-*-{i}*" for i in ids)
 
 
 def stage_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ def _tiny_dotlist(output_dir: Path) -> list[str]:
         "student.name=wrn_16_1",
         "student.epochs=1",
         "trainer.accelerator=cpu",
+        "trainer.channels_last=false",  # exact equalities below; tests/test_train.py covers it
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
         "logging.wandb=disabled",

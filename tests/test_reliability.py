@@ -49,7 +49,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
             r"loss.map_layers\[0\].student.*did you mean 'block2'",
         ),
         ("loss.at_weight=-0.5", r"loss.at_weight=-0.5 must be >= 0"),
-        ("teacher.kwargs={dropot: 0.1}", r"teacher.name='wrn_16_2'.*dropot"),
+        ("teacher.kwargs={dropot: 0.1}", r"teacher.name='wrn_16_1'.*dropot"),
     ],
 )
 def test_invalid_models_layers_and_values_are_named(override, pattern):

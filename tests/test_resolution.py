@@ -25,7 +25,7 @@ def test_report_names_each_model_and_grid() -> None:
     cfg = load_config("quickstart", ["teacher.name=resnet18", "loss.map_weight=0"])
     assert check_map_grids(cfg, (3, 32, 32)) == [
         "teacher resnet18: net.layer4 1x1 at 32x32",
-        "student wrn_16_1: relu 8x8 at 32x32",
+        "student wrn_10_1: relu 8x8 at 32x32",
     ]
     assert check_map_grids(cfg, (3, 128, 128))[0] == "teacher resnet18: net.layer4 4x4 at 128x128"
 

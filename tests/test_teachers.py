@@ -131,7 +131,7 @@ def test_torchvision_offline_is_a_weights_error(monkeypatch, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("teacher.weights=DEFAULT", "wrn_16_2.*no named pretrained weights"),
+        ("teacher.weights=DEFAULT", "wrn_16_1.*no named pretrained weights"),
         ("teacher.weights=missing/teacher.pth", "does not exist"),
         ("teacher.name=resnet18 teacher.weights=NOPE", "IMAGENET1K_V1"),
         ("teacher.name=timm/resnet18 teacher.weights=IMAGENET1K_V1", "take weights=DEFAULT"),

@@ -179,12 +179,13 @@ def test_resume_continues_the_stage_s_wandb_run(offline_wandb, tmp_path, capsys)
     summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
     # Offline, wandb does not mark the second folder as resumed: --id uploads both into one run.
     stage_id = f"{run_dir.name}-teacher"
-    sync = f"wandb sync --id {stage_id} {run_dir / 'wandb'}/offline-run-*-{stage_id}"
+    sync = f"wandb sync --id {stage_id} {run_dir / 'wandb'}/offline-run-*-{stage_id}*"
     out = capsys.readouterr().out
     assert out.count("wandb sync") == 1 and sync in out, out[-500:]
     folders = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(folders) == 2  # one per process start, both of the same run
-    assert all(f.name.endswith(f"-{run_dir.name}-teacher") for f in folders), folders
+    # offline-run-<date>_<time>-<id>, "-1" appended when both started in the same second
+    assert all(f"-{run_dir.name}-teacher" in f.name for f in folders), folders
     crashed, resumed = sorted(_read(folders), key=lambda run: run.exit_code or 0, reverse=True)
     assert crashed.exit_code == 1 and resumed.exit_code == 0
     assert crashed.name == resumed.name == f"quickstart-{run_dir.name}-teacher"
@@ -196,3 +197,21 @@ def test_resume_continues_the_stage_s_wandb_run(offline_wandb, tmp_path, capsys)
 
     assert epochs(crashed) == {0} and epochs(resumed) == {1}  # disjoint: sync appends
     assert resumed.summary["test/acc"] == pytest.approx(summary["teacher"]["test_acc"])
+
+
+def test_resumed_sync_command_covers_folders_started_in_the_same_second(tmp_path):
+    """wandb appends "-1" to a folder whose name (second + id) exists: one command per stage
+    still covers both."""
+    from distill.loggers import offline_sync_command
+
+    run_dir = tmp_path / "20261128-143657-d5db8afc"
+    for name in ("teacher", "teacher-1", "student"):
+        (run_dir / "wandb" / f"offline-run-20261128_143657-{run_dir.name}-{name}").mkdir(
+            parents=True
+        )
+    folders = run_dir / "wandb"
+    assert offline_sync_command(run_dir, resumed=True) == (
+        f"wandb sync --id {run_dir.name}-teacher {folders}/offline-run-*-{run_dir.name}-teacher*"
+        f" && wandb sync --id {run_dir.name}-student {folders}/offline-run-*-{run_dir.name}-student*"
+    )
+    assert offline_sync_command(run_dir, resumed=False) == f"wandb sync {folders}/offline-run-*"
