@@ -74,8 +74,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> tuple[list[Logg
     name (so that one run's stages sit together, apart from other runs of the same recipe),
     and its config is the whole resolved config plus the stage. Its id is
     ``<run dir>-<stage>``, so that ``--resume`` continues the same wandb run (``WandbLogger``
-    resumes an existing id; offline, ``wandb sync`` joins the folders of one id in order of
-    start time) instead of opening a second one. It writes under
+    resumes an existing id; offline, :func:`offline_sync_command` uploads the folders of one
+    id into one run) instead of opening a second one. It writes under
     ``<run_dir>/wandb``; the mode goes to ``wandb.init`` (not ``WANDB_MODE``), so nothing
     leaks into the process environment.
     """
@@ -180,7 +180,6 @@ class OfflineRun:
     group: str
     job_type: str
     run_id: str = ""
-    resumed: bool = False  # a continuation of an earlier start of the same id
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -238,7 +237,7 @@ def read_offline_run(folder: str | Path) -> OfflineRun:
         if kind == "run":
             info = record.run
             run.name, run.group, run.job_type = info.display_name, info.run_group, info.job_type
-            run.run_id, run.resumed = info.run_id, info.resumed
+            run.run_id = info.run_id
             _apply(run.config, info.config.update)
             _apply(run.summary, info.summary.update)
         elif kind == "config":
