@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -168,6 +169,22 @@ def test_distiller_parts_and_frozen_teacher(wrn_pair):
     kd_only = ExplanationDistiller(teacher, student, map_weight=0.0)
     assert "map" not in kd_only(images, labels).parts
     assert kd_only(images, labels, return_maps=True).student_maps[0].shape == (4, 8, 8)
+
+
+def test_ce_only_steps_do_not_run_the_teacher(wrn_pair):
+    """With no KD, maps or AT to compute, the teacher's forward would be wasted work."""
+    teacher, student = wrn_pair
+    calls = []
+    handle = teacher.register_forward_hook(lambda *_: calls.append(1))
+    ce_only = ExplanationDistiller(teacher, student, ce_weight=1.0, kd_weight=0.0, map_weight=0.0)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    out = ce_only(images, labels)
+    torch.testing.assert_close(out.loss, F.cross_entropy(student(images), labels))
+    assert out.teacher_logits is None and out.parts.keys() == {"ce"} and calls == []
+    # Monitoring maps (validation) still needs the teacher, once.
+    monitored = ce_only(images, labels, return_maps=True)
+    assert monitored.teacher_logits.shape == (4, 10) and len(calls) == 1
+    handle.remove()
 
 
 def test_distiller_autograd_layers_and_teacher_targets(wrn_pair):

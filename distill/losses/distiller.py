@@ -51,7 +51,8 @@ class DistillOutput(NamedTuple):
         loss: the weighted total, with its graph (call ``.backward()`` on it).
         parts: detached unweighted parts: ``ce`` always, ``kd``/``map``/``at`` when used.
         logits: the student's logits (with graph).
-        teacher_logits: the teacher's logits (no graph).
+        teacher_logits: the teacher's logits (no graph); ``None`` when nothing needed the
+            teacher (no KD, maps or AT in this step), which is then not run.
         student_maps: detached student maps, one per map layer pair (empty when not computed).
         teacher_maps: teacher maps for the same pairs.
     """
@@ -59,7 +60,7 @@ class DistillOutput(NamedTuple):
     loss: Tensor
     parts: dict[str, Tensor]
     logits: Tensor
-    teacher_logits: Tensor
+    teacher_logits: Tensor | None
     student_maps: tuple[Tensor, ...] = ()
     teacher_maps: tuple[Tensor, ...] = ()
 
@@ -284,6 +285,13 @@ class ExplanationDistiller(nn.Module):
             twice_differentiable(double_backward),
         ):
             logits = self.student(images)
+        ce = F.cross_entropy(logits, labels)
+        loss = self.ce_weight * ce
+        parts = {"ce": ce.detach()}
+        if not (self.kd_weight > 0 or with_maps or with_at):
+            # A CE-only step: running the teacher would cost a forward for nothing.
+            return DistillOutput(loss, parts, logits, None)
+
         teacher_acts: dict[str, Tensor] = {}  # filled by a live teacher run
         if teacher is None:
             teacher, teacher_acts = self._run_teacher(images, labels, with_maps, with_at)
@@ -296,9 +304,6 @@ class ExplanationDistiller(nn.Module):
                 f"{tuple(logits.shape)} differ: the two models must predict the same classes"
             )
 
-        ce = F.cross_entropy(logits, labels)
-        loss = self.ce_weight * ce
-        parts = {"ce": ce.detach()}
         if self.kd_weight > 0:
             kd = self.kd(logits, teacher_logits)
             loss = loss + self.kd_weight * kd
