@@ -5,19 +5,17 @@ recipe's teacher once on the full training set (minus the holdout), then a stude
 and seed through ``distill.pipeline.train`` (the overrides apply to every student:
 ``data.train_fraction=0.1`` for scarce data, ``loss.map_normalize=l2`` for normalised maps,
 ``loss.map_weight=0.1``...), tests each student once on the test split with the checkpoint its
-protocol selects (see :data:`PROTOCOL_NOTE`), and writes ``results.json``, ``results.md``
+protocol selects (see :data:`distill.compare_report.PROTOCOL_NOTE`), and writes ``results.json``, ``results.md``
 (mean and std over seeds) and ``results.png`` into ``<output_dir>/compare-<name>/<stamp>/``.
 With wandb on, every training is its own run in one group named after that folder, and a last
-run (job type ``compare``) holds the results table and the plot.
+run (job type ``compare``) holds the results table and the plot (:mod:`distill.compare_report`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import secrets
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -25,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from distill.cam import GradCAMPlusPlus
+from distill.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
 from distill.config import ConfigError, load_config
-from distill.loggers import wandb_mode, wandb_settings
 from distill.metrics import (
     AverageDrop,
     EnergyPointingGame,
@@ -61,25 +59,6 @@ METHODS: dict[str, list[str]] = {
 (CE 0.1, KD 0.9, T=4: mdistiller, RepDistiller), and the maps are added on top of that same KD;
 methods without KD train with CE at weight 1. AT is its authors' (weight 1000 on the three WRN
 groups, beside CE). The map weight and method come from the recipe (the paper's 0.01)."""
-
-LABELS = {
-    "ce": "CE",
-    "kd": "CE + KD",
-    "at": "CE + AT",
-    "gradcam": "CE + Grad-CAM maps",
-    "gradcam_pp": "CE + Grad-CAM++ maps",
-    "kd_gradcam_pp": "CE + KD + Grad-CAM++ maps",
-}
-COLUMNS = [
-    ("test_acc", "test top-1 %", 100),
-    ("val_agreement", "agreement %", 100),
-    ("val_map_similarity", "map similarity", 1),
-    ("average_drop", "avg drop % (lower better)", 1),
-    ("increase_in_confidence", "increase in conf. %", 1),
-    ("win_vs_ce", "win % vs CE", 1),
-    ("localization", "Loc(0.5)", 1),
-    ("energy_pointing", "energy pointing", 1),
-]
 
 
 @torch.no_grad()
@@ -125,14 +104,6 @@ def evaluate_student(
     return metrics, torch.cat(drops).cpu()
 
 
-PROTOCOL_NOTE = (
-    "Top-1 and the faithfulness columns are measured once on the test split, with the "
-    "checkpoint named in 'selected on' (holdout: best validation accuracy on the holdout of "
-    "the training split; last: the final epoch, nothing selected). Agreement and map "
-    "similarity are the last validation's. Mean ± std over seeds."
-)
-
-
 def _win_vs(drops: torch.Tensor, baseline: torch.Tensor) -> float:
     """Win % of a method over a baseline from per-sample drops (ties count for neither)."""
     win = WinPercentage()
@@ -140,80 +111,6 @@ def _win_vs(drops: torch.Tensor, baseline: torch.Tensor) -> float:
     ones = torch.ones_like(drops)
     win.update(ones, ones - drops, ones - baseline)
     return float(win.compute())
-
-
-def write_results(rows: list[dict[str, Any]], out: Path, note: str) -> None:
-    """``results.json`` (every run), ``results.md`` (``note``, the table, the protocol) and
-    ``results.png`` in ``out``."""
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    (out / "results.md").write_text(f"{note}\n\n{summarize(rows)}\n\n{PROTOCOL_NOTE}\n")
-    plot(rows, out / "results.png")
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation of the finite values (NaN: a column that does not
-    apply); one value has std 0."""
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return float("nan"), float("nan")
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
-
-
-def summarize(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: mean ± std over seeds for each method."""
-    methods = list(dict.fromkeys(row["method"] for row in rows))
-    header = ["method", "seeds", "selected on", *(label for _, label, _ in COLUMNS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in methods:
-        mine = [row for row in rows if row["method"] == method]
-        selected = ", ".join(sorted({str(row.get("selected_on", "?")) for row in mine}))
-        cells = [LABELS.get(method, method), str(len(mine)), selected]
-        for key, _, scale in COLUMNS:
-            mean, std = mean_std([row.get(key, float("nan")) * scale for row in mine])
-            cells.append("n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict[str, Any]], path: Path, key: str = "test_acc") -> None:
-    """Horizontal bars of mean top-1 per method with ±1 std whiskers and the seeds as dots."""
-    from PIL import Image, ImageDraw
-
-    methods = list(dict.fromkeys(row["method"] for row in rows))
-    values = {m: [100 * row[key] for row in rows if row["method"] == m] for m in methods}
-    low = min(min(v) for v in values.values())
-    high = max(max(v) for v in values.values())
-    low, high = max(0.0, low - 0.15 * (high - low + 1)), min(100.0, high + 0.15 * (high - low + 1))
-    width, left, bar_h, pad = 900, 260, 34, 14
-    height = pad * 2 + len(methods) * (bar_h + pad) + 30
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-
-    def x_of(value: float) -> float:
-        return left + (value - low) / max(high - low, 1e-9) * (width - left - 40)
-
-    for i, method in enumerate(methods):
-        top = pad + i * (bar_h + pad)
-        mean, std = mean_std(values[method])
-        draw.text((10, top + bar_h / 3), LABELS.get(method, method), fill="black")
-        draw.rectangle([left, top, x_of(mean), top + bar_h], fill=(70, 130, 180))
-        draw.line(
-            [x_of(mean - std), top + bar_h / 2, x_of(mean + std), top + bar_h / 2],
-            fill="black",
-            width=2,
-        )
-        for v in values[method]:
-            draw.ellipse(
-                [x_of(v) - 3, top + bar_h / 2 - 3, x_of(v) + 3, top + bar_h / 2 + 3], fill="orange"
-            )
-        draw.text((x_of(mean) + 6, top + 2), f"{mean:.2f}", fill="black")
-    axis_y = height - 30
-    draw.line([left, axis_y, width - 40, axis_y], fill="black")
-    for k in range(6):
-        value = low + k * (high - low) / 5
-        draw.text((x_of(value) - 12, axis_y + 6), f"{value:.1f}", fill="black")
-    draw.text((10, axis_y + 6), "top-1 accuracy %", fill="black")
-    image.save(path)
 
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
@@ -366,42 +263,6 @@ def compare(
     write_results(rows, out, note)
     log_to_wandb(base, out, rows, settings)
     return rows, out
-
-
-def log_to_wandb(
-    base: DictConfig, out: Path, rows: list[dict[str, Any]], settings: dict[str, Any]
-) -> None:
-    """Log the comparison as a wandb run (job type ``compare``) in the group of the runs it
-    summarises: the per-run results as a ``wandb.Table``, the plot as a ``wandb.Image``. Offline,
-    print one ``wandb sync`` command for this run and every training run of the comparison."""
-    mode = wandb_mode(base.logging.wandb)
-    if mode == "disabled":
-        return
-    import wandb
-
-    columns = ["method", "seed", "selected_on", *(key for key, _, _ in COLUMNS)]
-    data = [[_finite_or_none(row.get(column)) for column in columns] for row in rows]
-    run = wandb.init(
-        project=base.logging.project,
-        dir=str(out),
-        name=f"compare-{base.name}-{out.name}",
-        group=out.name,
-        job_type="compare",
-        config={**settings, "base": OmegaConf.to_container(base, resolve=True)},
-        mode=mode,
-        settings=wandb_settings(mode),
-    )
-    plot_image = wandb.Image(str(out / "results.png"), caption="test top-1 % per method")
-    run.log({"results": wandb.Table(columns=columns, data=data), "top1_plot": plot_image})
-    run.finish()
-    if mode == "offline":
-        runs = f"{out}/wandb/offline-run-* {out}/runs/*/*/wandb/offline-run-*"
-        print(f"wandb is offline; upload this comparison with: wandb sync {runs}")
-
-
-def _finite_or_none(value: Any) -> Any:
-    """NaN (a column that does not apply) as an empty table cell."""
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def merge(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:

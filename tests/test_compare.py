@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from distill.compare import METHODS, _win_vs, compare, main, summarize
+from distill.compare import METHODS, _win_vs, compare, main
+from distill.compare_report import summarize
 
 
 def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_overrides):
