@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -53,6 +50,13 @@ from distill.loggers import (
 from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
 from distill.resolution import check_map_grids
+from distill.run_dir import (
+    RUN_DIR_ENV,
+    launched_worker,
+    make_run_dir,
+    resume_checkpoint,
+    write_run_files,
+)
 from distill.teacher_cache import TeacherCache, open_or_build_teacher_cache
 
 __all__ = ["train", "make_run_dir", "RUN_DIR_ENV", "RunResult"]
@@ -61,9 +65,6 @@ __all__ = ["train", "make_run_dir", "RUN_DIR_ENV", "RunResult"]
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # Run directories are never reused except by --resume, which first renames the old metrics.csv.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-
-RUN_DIR_ENV = "DISTILL_RUN_DIR"
-"""Set by rank 0 so that processes started by a DDP launcher write into the same run."""
 
 
 @dataclass
@@ -74,72 +75,6 @@ class RunResult:
     teacher: torch.nn.Module | None = None
     student: torch.nn.Module | None = None
     trainers: dict[str, L.Trainer] = field(default_factory=dict)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-        cwd=Path(__file__).resolve().parent,
-    ).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def _launched_worker() -> bool:
-    """True in the extra processes a DDP launcher starts (they join rank 0's run)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
-
-
-def make_run_dir(cfg: DictConfig) -> Path:
-    """Create a fresh run directory; two runs started at once never get the same one.
-
-    Processes started by Lightning's DDP launcher join the directory of the process that
-    started them. Under SLURM every task of a job (all nodes) uses ``slurm-<job id>``.
-    """
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and _launched_worker():
-        return Path(inherited)
-    parent = Path(cfg.output_dir) / cfg.name
-    parent.mkdir(parents=True, exist_ok=True)
-    job = os.environ.get("SLURM_JOB_ID")
-    if job and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        run_dir = parent / f"slurm-{job}"
-        run_dir.mkdir(exist_ok=True)
-        return run_dir
-    while True:
-        run_dir = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
-        try:
-            run_dir.mkdir()
-        except FileExistsError:
-            continue
-        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by DDP processes
-        return run_dir
-
-
-def _write_run_files(cfg: DictConfig, run_dir: Path) -> None:
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    meta = {
-        "git_commit": _git_commit(),
-        "command": sys.argv,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-    }
-    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
 def _datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -221,29 +156,6 @@ def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
-def _keep_previous_logs(run_dir: Path, stage: str) -> None:
-    """A resumed stage starts a new metrics.csv; keep the interrupted attempt's beside it."""
-    metrics = run_dir / stage / "metrics.csv"
-    if metrics.is_file():
-        attempt = 1
-        while (run_dir / stage / f"metrics.attempt{attempt}.csv").exists():
-            attempt += 1
-        metrics.rename(run_dir / stage / f"metrics.attempt{attempt}.csv")
-
-
-def _last_checkpoint(run_dir: Path, stage: str, resume: bool) -> str | None:
-    """The newest of ``last.ckpt`` (epoch ends) and ``interrupted.ckpt`` (Ctrl-C, SIGTERM)."""
-    if not resume:
-        return None
-    candidates = [run_dir / stage / name for name in ("last.ckpt", "interrupted.ckpt")]
-    existing = [path for path in candidates if path.is_file()]
-    if not existing:
-        return None
-    if not _launched_worker():
-        _keep_previous_logs(run_dir, stage)
-    return str(max(existing, key=lambda path: path.stat().st_mtime))
-
-
 def _fit_and_test(
     cfg: DictConfig,
     module: L.LightningModule,
@@ -260,7 +172,7 @@ def _fit_and_test(
     warn_small_cam_layers(
         {stage if k == "model" else k: m for k, m in models.items()}, dm.image_shape
     )
-    ckpt_path = _last_checkpoint(run_dir, stage, resume)
+    ckpt_path = resume_checkpoint(run_dir, stage, resume)
     holdout = dm.has_holdout
     trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks, holdout)
     try:
@@ -499,11 +411,11 @@ def _check_inputs(cfg: DictConfig, dm: Any, resume: bool) -> torch.nn.Module | N
     """Fail before anything is written: missing data, maps of one pixel under a map loss, an
     unusable teacher checkpoint or teacher weights. Returns the teacher built from
     ``teacher.weights`` when the student is distilled from it as is (else None)."""
-    if not _launched_worker():
+    if not launched_worker():
         dm.prepare_data()  # downloads, or one clear error when the data is missing offline
     dm.setup("fit")  # the image size is known once the splits are loaded (kept for the run)
     report = check_map_grids(cfg, dm.image_shape)
-    if not _launched_worker():
+    if not launched_worker():
         print("explanation map grids: " + "; ".join(report), flush=True)
     teacher_given = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).exists()
     if _distils_from_weights(cfg):
@@ -561,9 +473,9 @@ def train(
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     else:
         run_dir = make_run_dir(cfg)
-    is_rank_zero = not _launched_worker()
+    is_rank_zero = not launched_worker()
     if is_rank_zero and not resume:
-        _write_run_files(cfg, run_dir)
+        write_run_files(cfg, run_dir)
     result = RunResult(run_dir=run_dir)
     extra = list(callbacks or [])
     summary_path = run_dir / "summary.json"

@@ -1,0 +1,112 @@
+"""Run directories: one fresh folder per run (shared by the processes of a DDP or SLURM job),
+the files that say what ran in it, and the checkpoint a ``--resume`` continues from."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["RUN_DIR_ENV", "launched_worker", "make_run_dir", "resume_checkpoint", "write_run_files"]
+
+RUN_DIR_ENV = "DISTILL_RUN_DIR"
+"""Set by rank 0 so that processes started by a DDP launcher write into the same run."""
+
+
+def git_commit() -> str | None:
+    """The code a run used: ``HEAD``, with ``-dirty`` when tracked files differ from it (None
+    outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        cwd=Path(__file__).resolve().parent,
+    ).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def launched_worker() -> bool:
+    """True in the extra processes a DDP launcher starts (they join rank 0's run)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """Create a fresh run directory; two runs started at once never get the same one.
+
+    Processes started by Lightning's DDP launcher join the directory of the process that
+    started them. Under SLURM every task of a job (all nodes) uses ``slurm-<job id>``.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and launched_worker():
+        return Path(inherited)
+    parent = Path(cfg.output_dir) / cfg.name
+    parent.mkdir(parents=True, exist_ok=True)
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        run_dir = parent / f"slurm-{job}"
+        run_dir.mkdir(exist_ok=True)
+        return run_dir
+    while True:
+        run_dir = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by DDP processes
+        return run_dir
+
+
+def write_run_files(cfg: DictConfig, run_dir: Path) -> None:
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    meta = {
+        "git_commit": git_commit(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def keep_previous_logs(run_dir: Path, stage: str) -> None:
+    """A resumed stage starts a new metrics.csv; keep the interrupted attempt's beside it."""
+    metrics = run_dir / stage / "metrics.csv"
+    if metrics.is_file():
+        attempt = 1
+        while (run_dir / stage / f"metrics.attempt{attempt}.csv").exists():
+            attempt += 1
+        metrics.rename(run_dir / stage / f"metrics.attempt{attempt}.csv")
+
+
+def resume_checkpoint(run_dir: Path, stage: str, resume: bool) -> str | None:
+    """The newest of ``last.ckpt`` (epoch ends) and ``interrupted.ckpt`` (Ctrl-C, SIGTERM)."""
+    if not resume:
+        return None
+    candidates = [run_dir / stage / name for name in ("last.ckpt", "interrupted.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    if not existing:
+        return None
+    if not launched_worker():
+        keep_previous_logs(run_dir, stage)
+    return str(max(existing, key=lambda path: path.stat().st_mtime))
