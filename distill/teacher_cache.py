@@ -19,12 +19,13 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from distill.losses.distiller import ExplanationDistiller, TeacherOutputs
@@ -260,6 +261,12 @@ class TeacherCache:
         )
 
 
+def _say(message: str) -> None:
+    """Print once per run, not once per DDP process."""
+    if rank_zero_only.rank == 0:
+        print(message)
+
+
 def human_bytes(n: float) -> str:
     """``1536`` -> ``'1.5 KiB'``."""
     units = ["B", "KiB", "MiB", "GiB", "TiB"]
@@ -269,13 +276,34 @@ def human_bytes(n: float) -> str:
 
 class _TeacherCacheWriter(L.LightningModule):
     """Runs the teacher over the training stream, batch for batch as a student would see it,
-    and stores its outputs. No optimizer: nothing is trained."""
+    and stores its outputs. No optimizer: nothing is trained.
 
-    def __init__(self, distiller: ExplanationDistiller, cache: TeacherCache) -> None:
+    Under DDP the first process creates the files once every process has started, the others
+    then map them, and each process writes the rows of its own batches. The folder must be on a
+    file system that every process sees.
+    """
+
+    def __init__(
+        self,
+        distiller: ExplanationDistiller,
+        create: Callable[[], TeacherCache],
+        folder: Path,
+        key: Mapping[str, Any],
+    ) -> None:
         super().__init__()
         self.distiller = distiller
-        self.cache = cache
+        self.create = create
+        self.folder = folder
+        self.key = key
+        self.cache: TeacherCache | None = None
         self.automatic_optimization = False
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.is_global_zero:
+            self.cache = self.create()
+        self.trainer.strategy.barrier()  # the files exist before another rank maps them
+        if self.cache is None:
+            self.cache = TeacherCache.open(self.folder, self.key, writable=True)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         images, labels, index = batch[0], batch[1], batch[-1]
@@ -286,6 +314,7 @@ class _TeacherCacheWriter(L.LightningModule):
         self.trainer.strategy.barrier()  # every rank has written its shard
         if self.trainer.is_global_zero:
             self.cache.mark_complete(self.current_epoch)
+        self.trainer.strategy.barrier()  # no rank reads the header before it is written
 
     def configure_optimizers(self) -> None:
         return None
@@ -323,7 +352,7 @@ def open_or_build_teacher_cache(
     try:
         cache = TeacherCache.open(folder, key)
         if cache.is_complete() and cache.epochs >= epochs:
-            print(f"teacher cache: reading {cache}")
+            _say(f"teacher cache: reading {cache}")
             return cache
         reason = f"it holds {len(cache.complete_epochs)} complete epoch(s) of {epochs} needed"
     except TeacherCacheError:
@@ -334,16 +363,19 @@ def open_or_build_teacher_cache(
     num_classes, map_shapes = _cache_layout(distiller, datamodule.image_shape)
     num_samples = datamodule.split_size("train")
     size = TeacherCache.disk_bytes(epochs, num_samples, num_classes, map_shapes, dtype)
-    print(f"teacher cache: building {folder} ({human_bytes(size)} on disk), since {reason}")
-    cache = TeacherCache.create(
-        folder,
-        key,
-        epochs=epochs,
-        num_samples=num_samples,
-        num_classes=num_classes,
-        map_shapes=map_shapes,
-        dtype=dtype,
-    )
+    _say(f"teacher cache: building {folder} ({human_bytes(size)} on disk), since {reason}")
+
+    def create() -> TeacherCache:
+        return TeacherCache.create(
+            folder,
+            key,
+            epochs=epochs,
+            num_samples=num_samples,
+            num_classes=num_classes,
+            map_shapes=map_shapes,
+            dtype=dtype,
+        )
+
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     datamodule.index_train_batches = True
     try:
@@ -360,9 +392,10 @@ def open_or_build_teacher_cache(
                 num_sanity_val_steps=0,
                 **dict(trainer_kwargs or {}),
             )
-            trainer.fit(_TeacherCacheWriter(distiller, cache), datamodule=datamodule)
+            trainer.fit(_TeacherCacheWriter(distiller, create, folder, key), datamodule=datamodule)
     finally:
         datamodule.index_train_batches = False
+    cache = TeacherCache.open(folder, key)  # as written to disk, by every rank
     if not cache.is_complete():
         raise TeacherCacheError(f"building the teacher cache at {folder} stopped early")
-    return TeacherCache.open(folder, key)
+    return cache

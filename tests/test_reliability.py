@@ -354,7 +354,11 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
     removed from the models and augmentation is off (its random stream is per rank), so both
     compute the same thing. Weights agree to float rounding (the gradient all-reduce sums in
     another order): atol 1e-5. Validation metrics are reduced over both ranks: accuracy and
-    agreement are equal, map similarity agrees to 1e-5."""
+    agreement are equal, map similarity agrees to 1e-5.
+
+    Then the teacher cache under DDP: a third run distils from the two-process run's teacher
+    with a float32 cache. Each rank writes the rows of its own batches and reads them back, so
+    it trains the live two-process student exactly."""
     script = tmp_path / "train_nonorm.py"
     script.write_text(NO_NORM_SCRIPT.format(root=str(ROOT)))
     env = {k: v for k, v in os.environ.items() if k != "DISTILL_RUN_DIR"}
@@ -365,11 +369,11 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
         "student.name=wrn_16_1_nonorm",
         "optim.lr=0.01",
     ]
-    runs = {}
-    for devices in (1, 2):
-        out_dir = tmp_path / f"devices{devices}"
-        extra = ["trainer.strategy=ddp"] if devices == 2 else []
-        args = [*common, f"output_dir={out_dir}", f"trainer.devices={devices}", *extra]
+
+    def run(name: str, devices: int, *extra: str) -> Path:
+        out_dir = tmp_path / name
+        ddp = ["trainer.strategy=ddp"] if devices == 2 else []
+        args = [*common, f"output_dir={out_dir}", f"trainer.devices={devices}", *ddp, *extra]
         result = subprocess.run(
             [sys.executable, str(script), *args],
             capture_output=True,
@@ -381,7 +385,9 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
         if devices == 2:
             assert "MEMBER: 2/2" in result.stdout + result.stderr
         (run_dir,) = (out_dir / "quickstart").iterdir()
-        runs[devices] = run_dir
+        return run_dir
+
+    runs = {devices: run(f"devices{devices}", devices) for devices in (1, 2)}
     for stage in ("teacher", "student"):
         one = _weights(runs[1] / stage / "last.ckpt")
         two = _weights(runs[2] / stage / "last.ckpt")
@@ -393,3 +399,23 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
     for key in ("val_acc", "val_agreement", "val_teacher_acc"):
         assert s2[key] == pytest.approx(s1[key], abs=1e-6), key
     assert s2["val_map_similarity"] == pytest.approx(s1["val_map_similarity"], abs=1e-5)
+
+    teacher = json.loads((runs[2] / "summary.json").read_text())["teacher"]["checkpoint"]
+    cached = run(
+        "devices2_cached",
+        2,
+        "stage=student",
+        f"teacher.checkpoint={teacher}",
+        "teacher_cache.enabled=true",
+        "teacher_cache.dtype=float32",
+    )
+    (cache_dir,) = (cached.parent.parent / "teacher_cache").iterdir()
+    header = json.loads((cache_dir / "header.json").read_text())
+    assert header["complete"] == [0] and header["key"]["trainer"]["devices"] == 2
+    assert all((cache_dir / "written.bin").read_bytes())  # both ranks wrote their rows
+    live, read = (
+        _weights(runs[2] / "student" / "last.ckpt"),
+        _weights(cached / "student" / "last.ckpt"),
+    )
+    students = [key for key in live if key.startswith("distiller.student.")]
+    assert students and all(torch.equal(read[key], live[key]) for key in students)
