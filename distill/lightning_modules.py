@@ -86,6 +86,9 @@ class _ClassificationModule(L.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        # Epoch means of the training losses as metrics: under DDP they are reduced over the
+        # processes once per epoch, not all-reduced at every step.
+        self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
 
@@ -129,7 +132,8 @@ class _ClassificationModule(L.LightningModule):
         images, labels = batch[0], batch[1]
         loss, logits = self.model_step(images, labels, "train", self.cached_teacher(batch))
         self.train_acc(logits, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.train_loss(loss.detach(), len(labels))  # weighted by samples, as Lightning does
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -275,6 +279,13 @@ class DistillModule(_ClassificationModule):
         self.val_agreement = TopOneAgreement()
         self.val_map_similarity = MapAgreement()
         self.val_teacher_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        weights = {
+            "kd": distiller.kd_weight,
+            "map": distiller.map_weight,
+            "at": distiller.at_weight,
+        }
+        trained = ["ce", *(name for name, weight in weights.items() if weight > 0)]
+        self.train_parts = nn.ModuleDict({name: MeanMetric() for name in trained})
 
     def trainable(self) -> nn.Module:
         return self.distiller.student
@@ -291,7 +302,9 @@ class DistillModule(_ClassificationModule):
         if stage == "train":
             out = self.distiller(images, labels, teacher=teacher)
             for name, value in out.parts.items():
-                self.log(f"train/{name}", value, on_step=True, on_epoch=True)
+                part = self.train_parts[name]
+                part(value, len(labels))
+                self.log(f"train/{name}", part, on_step=True, on_epoch=True)
             return out.loss, out.logits
         grad = torch.enable_grad() if self.distiller.student_maps_need_grad else nullcontext()
         with grad:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -349,6 +350,18 @@ sys.exit(main())
 """
 
 
+def _epoch_values(run_dir: Path, stage: str) -> dict[str, float]:
+    """The last ``train/*_epoch`` values of a stage's ``metrics.csv``."""
+    with open(run_dir / stage / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {
+        key: float(row[key])
+        for row in rows
+        for key in row
+        if key.startswith("train/") and key.endswith("_epoch") and row[key]
+    }
+
+
 def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overrides, tmp_path):
     """Same global batch of 64: one process, or two processes of 32 each (gloo). Batch norm is
     removed from the models and augmentation is off (its random stream is per rank), so both
@@ -384,6 +397,7 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
         assert result.returncode == 0, result.stderr[-3000:]
         if devices == 2:
             assert "MEMBER: 2/2" in result.stdout + result.stderr
+        assert "sync_dist" not in result.stderr  # every epoch-level value is reduced
         (run_dir,) = (out_dir / "quickstart").iterdir()
         return run_dir
 
@@ -394,6 +408,11 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
         assert one.keys() == two.keys()
         for key in one:
             torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=f"{stage} {key}")
+    for stage in ("teacher", "student"):  # the epoch's training losses, over both processes
+        one, two = _epoch_values(runs[1], stage), _epoch_values(runs[2], stage)
+        assert one.keys() == two.keys() and "train/loss_epoch" in one
+        for key in one:
+            assert two[key] == pytest.approx(one[key], abs=1e-5), (stage, key)
     s1 = json.loads((runs[1] / "summary.json").read_text())["student"]
     s2 = json.loads((runs[2] / "summary.json").read_text())["student"]
     for key in ("val_acc", "val_agreement", "val_teacher_acc"):
