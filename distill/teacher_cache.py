@@ -19,16 +19,16 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from distill.losses.distiller import ExplanationDistiller, TeacherOutputs
+from distill.run_dir import launched_worker
 
 __all__ = [
     "STORAGE_DTYPES",
@@ -262,8 +262,8 @@ class TeacherCache:
 
 
 def _say(message: str) -> None:
-    """Print once per run, not once per DDP process."""
-    if rank_zero_only.rank == 0:
+    """Print once per run, not once per DDP process (as the run's own messages)."""
+    if not launched_worker():
         print(message)
 
 
@@ -286,21 +286,21 @@ class _TeacherCacheWriter(L.LightningModule):
     def __init__(
         self,
         distiller: ExplanationDistiller,
-        create: Callable[[], TeacherCache],
         folder: Path,
         key: Mapping[str, Any],
+        layout: Mapping[str, Any],
     ) -> None:
         super().__init__()
         self.distiller = distiller
-        self.create = create
         self.folder = folder
         self.key = key
+        self.layout = layout  # TeacherCache.create's sizes and dtype
         self.cache: TeacherCache | None = None
         self.automatic_optimization = False
 
     def setup(self, stage: str) -> None:
         if self.trainer.is_global_zero:
-            self.cache = self.create()
+            self.cache = TeacherCache.create(self.folder, self.key, **self.layout)
         self.trainer.strategy.barrier()  # the files exist before another rank maps them
         if self.cache is None:
             self.cache = TeacherCache.open(self.folder, self.key, writable=True)
@@ -364,18 +364,13 @@ def open_or_build_teacher_cache(
     num_samples = datamodule.split_size("train")
     size = TeacherCache.disk_bytes(epochs, num_samples, num_classes, map_shapes, dtype)
     _say(f"teacher cache: building {folder} ({human_bytes(size)} on disk), since {reason}")
-
-    def create() -> TeacherCache:
-        return TeacherCache.create(
-            folder,
-            key,
-            epochs=epochs,
-            num_samples=num_samples,
-            num_classes=num_classes,
-            map_shapes=map_shapes,
-            dtype=dtype,
-        )
-
+    layout = {
+        "epochs": epochs,
+        "num_samples": num_samples,
+        "num_classes": num_classes,
+        "map_shapes": map_shapes,
+        "dtype": dtype,
+    }
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     datamodule.index_train_batches = True
     try:
@@ -392,7 +387,7 @@ def open_or_build_teacher_cache(
                 num_sanity_val_steps=0,
                 **dict(trainer_kwargs or {}),
             )
-            trainer.fit(_TeacherCacheWriter(distiller, create, folder, key), datamodule=datamodule)
+            trainer.fit(_TeacherCacheWriter(distiller, folder, key, layout), datamodule=datamodule)
     finally:
         datamodule.index_train_batches = False
     cache = TeacherCache.open(folder, key)  # as written to disk, by every rank
