@@ -279,13 +279,7 @@ class DistillModule(_ClassificationModule):
         self.val_agreement = TopOneAgreement()
         self.val_map_similarity = MapAgreement()
         self.val_teacher_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        weights = {
-            "kd": distiller.kd_weight,
-            "map": distiller.map_weight,
-            "at": distiller.at_weight,
-        }
-        trained = ["ce", *(name for name, weight in weights.items() if weight > 0)]
-        self.train_parts = nn.ModuleDict({name: MeanMetric() for name in trained})
+        self.train_parts = nn.ModuleDict({name: MeanMetric() for name in distiller.loss_terms})
 
     def trainable(self) -> nn.Module:
         return self.distiller.student

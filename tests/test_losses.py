@@ -156,6 +156,7 @@ def test_distiller_parts_and_frozen_teacher(wrn_pair):
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     out = distiller(images, labels)
     assert set(out.parts) == {"ce", "kd", "map", "at"}
+    assert distiller.loss_terms == ("ce", "kd", "map", "at")  # what the module logs
     # The defaults: KD as the field runs it (CE 0.1, KD 0.9) plus the paper's map weight 0.01.
     expected = (
         0.1 * out.parts["ce"] + 0.9 * out.parts["kd"] + 0.01 * out.parts["map"] + out.parts["at"]
@@ -181,6 +182,7 @@ def test_ce_only_steps_do_not_run_the_teacher(wrn_pair):
     out = ce_only(images, labels)
     torch.testing.assert_close(out.loss, F.cross_entropy(student(images), labels))
     assert out.teacher_logits is None and out.parts.keys() == {"ce"} and calls == []
+    assert ce_only.loss_terms == ("ce",)
     # Monitoring maps (validation) still needs the teacher, once.
     monitored = ce_only(images, labels, return_maps=True)
     assert monitored.teacher_logits.shape == (4, 10) and len(calls) == 1

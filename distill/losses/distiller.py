@@ -228,6 +228,13 @@ class ExplanationDistiller(nn.Module):
         )
 
     @property
+    def loss_terms(self) -> tuple[str, ...]:
+        """The names of the unweighted parts a training step returns: ``ce``, then ``kd``,
+        ``map`` and ``at`` where their weight is positive."""
+        weights = {"kd": self.kd_weight, "map": self.map_weight, "at": self.at_weight}
+        return ("ce", *(name for name, weight in weights.items() if weight > 0))
+
+    @property
     def student_maps_need_grad(self) -> bool:
         """Whether student maps need autograd (then run under ``torch.enable_grad()``, also in
         validation); False when every student map layer has the closed form."""
