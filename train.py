@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from distill.config import ConfigError, list_configs, load_config
+from distill.errors import UserError, report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,30 +38,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(str(config_path), args.overrides)
         else:
             cfg = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        return report(error)
     # Heavy imports only once the config is valid.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from distill.callbacks import NonFiniteLossError
-    from distill.data import DatasetNotFoundError, UnreadableImageError
-    from distill.models import WeightsError
     from distill.pipeline import train
 
     try:
         train(cfg, resume_dir=args.resume)
-    except (
-        WeightsError,  # also CheckpointError: weights missing, unsafe, not fitting, not downloadable
-        DatasetNotFoundError,
-        UnreadableImageError,
-        NonFiniteLossError,
-    ) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    except ConfigError as error:  # found once the data is loaded (e.g. 1x1 maps at its size)
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:  # bad weights or data, NaN loss, a config found wrong late
+        return report(error)
     except SIGTERMException:
         return 128 + 15  # the resume hint was printed when the checkpoint was saved
     return 0

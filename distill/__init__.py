@@ -7,6 +7,7 @@ Grad-CAM++ explanation maps, computed by a batched, differentiable layer.
 from distill import cam
 from distill.cam import GradCAM, GradCAMPlusPlus, capture_activations, gradcam, gradcam_pp
 from distill.checkpoints import CheckpointError, load_model, weights_sha256
+from distill.errors import UserError
 from distill.export import export_model
 from distill.losses import (
     AttentionTransferLoss,
@@ -38,6 +39,7 @@ __all__ = [
     "TeacherCache",
     "TeacherCacheError",
     "TeacherOutputs",
+    "UserError",
     "WeightsError",
     "attention_transfer",
     "build_model",

@@ -16,6 +16,7 @@ from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
 from distill.cam import GradCAMPlusPlus
+from distill.errors import UserError
 from distill.visualize import map_grid
 
 __all__ = [
@@ -122,7 +123,7 @@ class MapImageCallback(Callback):
                 )
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; the message says where and what to try."""
 
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from distill.cam import GradCAMPlusPlus
 from distill.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
 from distill.config import ConfigError, load_config
+from distill.errors import UserError, report
 from distill.metrics import (
     AverageDrop,
     EnergyPointingGame,
@@ -315,9 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         try:
             rows = merge(args.merge, args.out or args.merge[0] / "merged")
-        except (OSError, ValueError, KeyError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        except (OSError, ValueError, KeyError) as error:  # a folder without results.json ...
+            return report(ConfigError(f"--merge: {error}"))
         print(f"\n{summarize(rows)}\n\n{PROTOCOL_NOTE}")
         return 0
     methods = [m for m in args.methods.split(",") if m]
@@ -328,10 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
         load_config(args.config, args.overrides)
-    except (ConfigError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    rows, out = compare(args.config, args.overrides, seeds, methods, sweep, args.cache)
+    except ValueError as error:  # a ConfigError, or a seed that is not a number
+        return report(error if isinstance(error, UserError) else ConfigError(f"--seeds: {error}"))
+    try:
+        rows, out = compare(args.config, args.overrides, seeds, methods, sweep, args.cache)
+    except UserError as error:  # bad weights or data, a NaN loss, a config found wrong late
+        return report(error)
     print(f"\n{summarize(rows)}\n\n{PROTOCOL_NOTE}\n\nwritten to {out}")
     return 0
 

@@ -16,6 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from distill.errors import UserError
+
 __all__ = [
     "ConfigError",
     "CifarDataConfig",
@@ -71,8 +73,10 @@ def choices() -> dict[str, tuple[str | bool, ...]]:
     }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid configuration; the message is one line that names the key."""
+
+    exit_code = 2
 
 
 @dataclass

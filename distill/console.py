@@ -19,6 +19,7 @@ MIN_CAM_SIZE = 4
 _NOISE = (
     "💡 Tip:",  # advertisements for other Lightning products
     "was configured so 100% of the batches",  # limit_*_batches=1.0, the default
+    "Seed set to",  # the seed is in config.yaml; an error at start-up stays one line
 )
 
 
@@ -31,7 +32,11 @@ class _DropNoise(logging.Filter):
 def quiet_lightning() -> None:
     """Drop Lightning's start-up tips and the deprecation warning its pytree helper triggers in
     newer torch; errors, warnings about the run and the progress bar stay. Idempotent."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())

@@ -1,9 +1,11 @@
 """Explain a trained model's predictions on image files.
 
 ``python -m distill.explain CHECKPOINT IMAGE_OR_FOLDER... --out DIR [--teacher CHECKPOINT]
-[--batch-size N] [--target predicted|INDEX]`` writes ``DIR/<image name>.png`` for every image:
-the image, the student's Grad-CAM++ map over it and, with a teacher, the teacher's map beside
-it, each captioned with the predicted class and its probability. CHECKPOINT is anything
+[--batch-size N] [--target predicted|INDEX|CLASS] [--device DEVICE]`` writes
+``DIR/<image name>.png`` for every image: the image, the model's Grad-CAM++ map over it and,
+with a teacher, the teacher's map beside it, each captioned with the model's role (student or
+teacher), the predicted class and its probability. Images are decoded as training decodes
+them (:func:`distill.data.decode.pil_rgb`: 16-bit files keep their high byte). CHECKPOINT is anything
 :func:`distill.load_model` reads (a checkpoint, a run directory, an export). Without
 ``--teacher`` the teacher a student checkpoint records is drawn when that file still exists
 and still holds the same weights.
@@ -12,7 +14,7 @@ and still holds the same weights.
 from __future__ import annotations
 
 import argparse
-import math
+import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +27,10 @@ from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
 from distill.cam import GradCAMPlusPlus
-from distill.checkpoints import CheckpointError, load_model, weights_sha256
+from distill.checkpoints import load_model, weights_sha256
+from distill.data.decode import pil_rgb
 from distill.data.preprocess import eval_geometry
+from distill.errors import UserError, report
 from distill.visualize import captioned_row, overlay_maps
 
 __all__ = ["IMAGE_SUFFIXES", "InputError", "explain_batch", "find_images", "main", "read_images"]
@@ -34,10 +38,14 @@ __all__ = ["IMAGE_SUFFIXES", "InputError", "explain_batch", "find_images", "main
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MIN_PANEL = 160
 """Panels are upscaled to at least this many pixels, so small (CIFAR-sized) maps stay legible."""
+MAX_PANEL = 512
+"""Larger images are shown shrunk to this many pixels."""
 
 
-class InputError(ValueError):
-    """A missing or unreadable input; the message is one line naming it."""
+class InputError(UserError, ValueError):
+    """A missing or unreadable input, or a bad option; the message is one line naming it."""
+
+    exit_code = 2
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -59,7 +67,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def read_images(paths: Sequence[Path], size: tuple[int, int], crop: str = "pad") -> Tensor:
     """Decode any size and mode to RGB ``[B, 3, H, W]`` in [0, 1] at ``size`` = ``(H, W)``,
-    resized as the model's evaluation was (``crop``, see
+    as the file storage decodes training images (:func:`~distill.data.decode.pil_rgb`), resized as the model's evaluation was (``crop``, see
     :func:`distill.data.preprocess.eval_geometry`): stretched (``pad``), or the shorter side
     resized and the center cropped (``random_resized``)."""
     geometry = T.Compose(eval_geometry(crop, size))
@@ -67,7 +75,7 @@ def read_images(paths: Sequence[Path], size: tuple[int, int], crop: str = "pad")
     for path in paths:
         try:
             with Image.open(path) as image:
-                rgb = geometry(image.convert("RGB"))
+                rgb = geometry(pil_rgb(image))
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read image {path}: {error}") from None
         pictures.append(pil_to_tensor(rgb).float() / 255)
@@ -110,15 +118,63 @@ def _teacher(path: str | None, student: nn.Module) -> nn.Module | None:
     return teacher
 
 
-def _target(text: str) -> int | None:
+def _target(text: str, model: nn.Module) -> int | None:
+    """``--target``: ``predicted``, a class index (digits) or one of ``model``'s class names."""
     if text == "predicted":
         return None
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < model.num_classes:
+            raise InputError(
+                f"--target {text}: the model has {model.num_classes} classes (0 to "
+                f"{model.num_classes - 1})"
+            )
+        return index
+    names = list(model.classes or [])
+    if text in names:
+        return names.index(text)
+    folded = [i for i, name in enumerate(names) if name.casefold() == text.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    if not names:
+        raise InputError(
+            f"--target {text}: the checkpoint records no class names; give 'predicted' or an "
+            f"index from 0 to {model.num_classes - 1}"
+        )
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else f"; its classes: {', '.join(names[:10])}"
+    )
+    raise InputError(f"--target {text}: no class of that name{hint}")
+
+
+def _device(text: str) -> torch.device:
+    """``--device``, refused in one line when torch cannot use it here."""
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'predicted' or a class index, got {text!r}"
-        ) from None
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise InputError(f"--device {text}: {str(error).splitlines()[0]}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {text}: torch sees no CUDA GPU here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {text}: torch sees {count} CUDA GPUs (0 to {count - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {text}: MPS is not available here; use --device cpu")
+    return device
+
+
+def _out_dir(out: Path) -> None:
+    """Create ``--out``, refused in one line when it is a file or cannot be created."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; name a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"--out {out}: cannot create it ({error.strerror})") from None
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -130,9 +186,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
     parser.add_argument("--teacher", help="teacher checkpoint or run directory to draw beside")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--target", type=_target, default=None, help="predicted | class index")
+    parser.add_argument(
+        "--target", default="predicted", help="predicted | class index | class name"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
+
+
+def _role(model: nn.Module) -> str:
+    """What a loaded network is: a student checkpoint records its teacher, a teacher's does not."""
+    return "student" if model.teacher_info else "teacher"
 
 
 def _caption(name: str, model: nn.Module, predicted: int, prob: float, target: int | None) -> str:
@@ -168,38 +231,49 @@ def _unique(path: Path, used: set[str]) -> str:
 
 
 def _run(args: argparse.Namespace) -> str:
+    device = _device(args.device)
+    if args.out.exists() and not args.out.is_dir():
+        _out_dir(args.out)  # refused before the models load
     files = find_images(args.inputs)
-    student = load_model(args.checkpoint).to(args.device)
+    student = load_model(args.checkpoint).to(device)
     teacher = _teacher(args.teacher, student)
-    models = {"student": student} | ({"teacher": teacher.to(args.device)} if teacher else {})
+    roles = [_role(student), "teacher"]
+    if teacher and roles[0] == roles[1]:  # two teachers: tell them apart by architecture
+        roles = [f"teacher {student.model_name}", f"teacher {teacher.model_name}"]
+        if roles[0] == roles[1]:
+            roles[1] = "--teacher"
+    models = {roles[0]: student} | ({roles[1]: teacher.to(device)} if teacher else {})
+    target = _target(args.target, student)
     for name, model in models.items():
-        if args.target is not None and not 0 <= args.target < model.num_classes:
+        if target is not None and not target < model.num_classes:
             raise InputError(f"--target {args.target}: the {name} has {model.num_classes} classes")
     size = student.image_size or (224, 224)
-    scale, batch = math.ceil(MIN_PANEL / max(size)), max(1, args.batch_size)
-    args.out.mkdir(parents=True, exist_ok=True)
+    batch = max(1, args.batch_size)
+    _out_dir(args.out)
     used: set[str] = set()
     for start in range(0, len(files), batch):
         paths = files[start : start + batch]
-        pictures = read_images(paths, size, student.crop).to(args.device)
-        columns, captions = _columns(models, pictures, args.target)
+        pictures = read_images(paths, size, student.crop).to(device)
+        columns, captions = _columns(models, pictures, target)
         captions.insert(0, [f"{path.name}\n" for path in paths])
         for i, path in enumerate(paths):
             panels = [pictures[i], *(column[i] for column in columns)]
-            row = captioned_row(panels, [caption[i] for caption in captions], scale)
+            row = captioned_row(
+                panels, [caption[i] for caption in captions], (MIN_PANEL, MAX_PANEL)
+            )
             row.save(args.out / _unique(path, used))
     drawn = " and ".join(f"{name} {model.model_name}" for name, model in models.items())
     return f"wrote {len(files)} explanations ({drawn}) to {args.out}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (2 for bad inputs)."""
+    """Command-line entry point; returns the exit status (2 for bad inputs and options, 1 for
+    unusable checkpoints or images: :class:`~distill.errors.UserError`)."""
     args = _parse(argv)
     try:
         print(_run(args))
-    except (CheckpointError, InputError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        return report(error)
     return 0
 
 

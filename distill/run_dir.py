@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from distill.config import ConfigError
+
 __all__ = ["RUN_DIR_ENV", "launched_worker", "make_run_dir", "resume_checkpoint", "write_run_files"]
 
 RUN_DIR_ENV = "DISTILL_RUN_DIR"
@@ -61,20 +63,39 @@ def make_run_dir(cfg: DictConfig) -> Path:
     if inherited and launched_worker():
         return Path(inherited)
     parent = Path(cfg.output_dir) / cfg.name
-    parent.mkdir(parents=True, exist_ok=True)
+    _mkdir(parent, parents=True, exist_ok=True)
     job = os.environ.get("SLURM_JOB_ID")
     if job and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         run_dir = parent / f"slurm-{job}"
-        run_dir.mkdir(exist_ok=True)
+        _mkdir(run_dir, exist_ok=True)
         return run_dir
     while True:
         run_dir = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         try:
-            run_dir.mkdir()
+            _mkdir(run_dir)
         except FileExistsError:
             continue
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by DDP processes
         return run_dir
+
+
+def _mkdir(folder: Path, **options: bool) -> None:
+    """``folder.mkdir(**options)``; a folder that cannot be created (read-only, under a file,
+    no space) is a one-line :class:`ConfigError` naming it, before anything trains."""
+    try:
+        folder.mkdir(**options)
+    except FileExistsError:
+        if folder.is_dir():
+            raise  # a run folder made at the same moment: the caller picks another name
+        raise ConfigError(
+            f"output_dir: cannot create {folder}: a file of that name is in the way; "
+            "set output_dir to a folder you can write"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"output_dir: cannot create {error.filename or folder} ({error.strerror}); "
+            "set output_dir to a folder you can write"
+        ) from None
 
 
 def write_run_files(cfg: DictConfig, run_dir: Path) -> None:

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from distill.errors import UserError
 from distill.losses.distiller import ExplanationDistiller, TeacherOutputs
 from distill.run_dir import launched_worker
 
@@ -46,7 +47,7 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 _FORMAT = 1
 
 
-class TeacherCacheError(RuntimeError):
+class TeacherCacheError(UserError, RuntimeError):
     """A cache that does not belong to this run, or is incomplete; the message says why."""
 
 

@@ -229,7 +229,8 @@ def test_explain_writes_one_captioned_png_per_image(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing image", "empty folder", "missing checkpoint", "target"])
-def test_explain_input_errors_are_one_line_exit_2(run, tmp_path, capsys, case):
+def test_explain_input_errors_are_one_line(run, tmp_path, capsys, case):
+    """Bad arguments exit with 2; a checkpoint that cannot be used with 1, as in train.py."""
     summary = run[0]
     checkpoint, inputs, extra = summary["student"]["checkpoint"], [str(tmp_path / "nope.png")], []
     if case == "empty folder":
@@ -238,7 +239,8 @@ def test_explain_input_errors_are_one_line_exit_2(run, tmp_path, capsys, case):
         checkpoint, inputs = str(tmp_path / "none.ckpt"), [str(_image_folder(tmp_path / "i")[0])]
     elif case == "target":
         inputs, extra = [str(_image_folder(tmp_path / "i")[0])], ["--target", "6"]
-    assert main([checkpoint, *inputs, "--out", str(tmp_path / "out"), *extra]) == 2
+    code = 1 if case == "missing checkpoint" else 2
+    assert main([checkpoint, *inputs, "--out", str(tmp_path / "out"), *extra]) == code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()

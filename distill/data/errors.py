@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from distill.errors import UserError
+
 __all__ = ["DatasetNotFoundError", "UnreadableImageError"]
 
 
-class DatasetNotFoundError(RuntimeError):
+class DatasetNotFoundError(UserError, RuntimeError):
     """The dataset files are missing (and could not be downloaded); the message says how to fix it."""
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(UserError, RuntimeError):
     """An image file exists but cannot be decoded; the message names the file."""

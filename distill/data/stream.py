@@ -240,6 +240,7 @@ class StreamSplit:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m distill.data.stream optimize SRC_DIR OUT_DIR [options]``."""
     from distill.data.stream_optimize import optimize_image_folder
+    from distill.errors import UserError, report
 
     parser = argparse.ArgumentParser(prog="python -m distill.data.stream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -266,17 +267,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt.add_argument("--workers", type=int, default=1, help="encoding processes")
     opt.add_argument("--chunk-bytes", default="64MB", help="target chunk size")
     args = parser.parse_args(argv)
-    written = optimize_image_folder(
-        args.src,
-        args.out,
-        splits=args.splits.split(",") if args.splits else None,
-        max_side=args.max_side,
-        holdout=args.holdout,
-        subset_seed=args.subset_seed,
-        order_seed=args.order_seed,
-        num_workers=args.workers,
-        chunk_bytes=args.chunk_bytes,
-    )
+    try:
+        written = optimize_image_folder(
+            args.src,
+            args.out,
+            splits=args.splits.split(",") if args.splits else None,
+            max_side=args.max_side,
+            holdout=args.holdout,
+            subset_seed=args.subset_seed,
+            order_seed=args.order_seed,
+            num_workers=args.workers,
+            chunk_bytes=args.chunk_bytes,
+        )
+    except UserError as error:  # a missing folder, an unreadable image
+        return report(error)
     for name, folder in written.items():
         count = len(json.loads((folder / META_FILE).read_text())["labels"])
         print(f"{name}: {count} images -> {folder}")

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from distill.errors import UserError
+
 __all__ = [
     "WEIGHTS_SUFFIXES",
     "WeightsError",
@@ -37,7 +39,7 @@ _WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net", "networ
 _LISTED = 8  # keys named per category in an error message
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights that are missing, unreadable, unsafe, unavailable or that do not fit the model."""
 
 
