@@ -88,9 +88,12 @@ def test_train_cli_output_dir_under_a_file_is_one_line_exit_2(tmp_path, tiny_ove
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
-def test_explain_device_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, picture, capsys):
+def test_explain_device_cuda_without_a_gpu_is_one_line_exit_2(
+    teacher_ckpt, tmp_path, picture, capsys
+):
     out = tmp_path / "o"
-    assert explain.main(["x.ckpt", str(picture), "--out", str(out), "--device", "cuda"]) == 2
+    args = [str(teacher_ckpt), str(picture), "--out", str(out), "--device", "cuda"]
+    assert explain.main(args) == 2
     err = _one_line(capsys.readouterr().err)
     assert "--device cuda" in err and "--device cpu" in err
     assert not out.exists()
