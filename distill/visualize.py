@@ -67,7 +67,10 @@ def text_font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont | ImageFont.Image
             return ImageFont.truetype(candidate, size)
         except OSError:
             continue
-    return ImageFont.load_default(size)
+    try:
+        return ImageFont.load_default(size)  # FreeType Aileron (Pillow >= 10.1)
+    except TypeError:
+        return ImageFont.load_default()
 
 
 @functools.lru_cache(maxsize=4096)

@@ -9,10 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFont
 from torchvision.utils import save_image
 
-from distill.visualize import captioned_row, drawable, fit_tiles, map_grid, text_font
+from distill.visualize import (
+    FONT_ENV,
+    captioned_row,
+    drawable,
+    fit_tiles,
+    map_grid,
+    text_font,
+)
 
 TITLES = ["image", "teacher", "student"]
 
@@ -121,3 +128,37 @@ def test_look(tmp_path_factory):
     for size in (7, 32, 512):
         save_image(_grid(size, labels, n=2), out / f"grid_{size}.png")
     assert len(list(out.glob("*.png"))) == 3
+
+
+@pytest.fixture
+def fresh_font(monkeypatch):
+    text_font.cache_clear()
+    yield monkeypatch
+    text_font.cache_clear()
+
+
+def test_distill_font_names_the_font(fresh_font):
+    default = text_font()
+    if not hasattr(default, "path"):
+        pytest.skip("no TrueType font to name")
+    other = Path(default.path).with_name("DejaVuSans-Bold.ttf")
+    if not other.is_file():
+        pytest.skip("no second DejaVu font beside the first")
+    fresh_font.setenv(FONT_ENV, str(other))
+    text_font.cache_clear()
+    assert text_font().path == str(other)
+
+
+def test_without_dejavu_accents_are_dropped_not_boxed(fresh_font):
+    fresh_font.setattr("distill.visualize.importlib.util.find_spec", lambda name: None)
+    real = ImageFont.truetype
+
+    def no_files(font, *args, **kwargs):  # Pillow's own font comes from memory, not a file
+        if isinstance(font, str):
+            raise OSError("cannot open resource")
+        return real(font, *args, **kwargs)
+
+    fresh_font.setattr(ImageFont, "truetype", no_files)
+    font = text_font()
+    assert "DejaVu" not in str(getattr(font, "path", ""))
+    assert drawable("café", font) == "cafe"
