@@ -7,7 +7,6 @@ Grad-CAM++ explanation maps, computed by a batched, differentiable layer.
 from distill import cam
 from distill.cam import GradCAM, GradCAMPlusPlus, capture_activations, gradcam, gradcam_pp
 from distill.checkpoints import CheckpointError, load_model, weights_sha256
-from distill.export import export_model
 from distill.losses import (
     AttentionTransferLoss,
     DistillOutput,
@@ -24,6 +23,16 @@ from distill.models import WeightsError, build_model, list_models
 from distill.teacher_cache import TeacherCache, TeacherCacheError
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use: ``python -m distill.export`` must find the module not yet imported.
+    if name == "export_model":
+        from distill.export import export_model
+
+        return export_model
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")
+
 
 __all__ = [
     "AttentionTransferLoss",
