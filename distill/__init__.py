@@ -34,6 +34,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'distill' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), "export_model"})
+
+
 __all__ = [
     "AttentionTransferLoss",
     "CheckpointError",
