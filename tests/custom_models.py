@@ -54,11 +54,10 @@ class MapNotLast(nn.Module):
         self.body = _trunk(width)
         self.aux = nn.Conv2d(2 * width, 1, 1)  # e.g. a saliency branch, not fed to the head
         self.head = nn.Linear(2 * width, num_classes)
-        self.last_aux: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         feature_map = self.body(x)
-        self.last_aux = self.aux(feature_map).detach()
+        self.aux(feature_map)  # runs after the map that feeds the pooling; its result is unused
         return self.head(feature_map.mean(dim=(2, 3)))
 
 

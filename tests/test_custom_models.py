@@ -104,16 +104,17 @@ class _TermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+# Three tiny runs of about 20 s each: the first runs by default, the other two with -m slow.
 @pytest.mark.parametrize(
-    "teacher, student, student_layer",
+    "teacher, student, student_layer, side",
     [
-        (HEAD_NOT_FC, EXTRA_LAYER, "net.features"),
-        (EXTRA_LAYER, MAP_NOT_LAST, "net.body.2"),  # student.cam_layer=body.2
-        (MAP_NOT_LAST, HEAD_NOT_FC, "net.features"),
+        (HEAD_NOT_FC, EXTRA_LAYER, "net.features", 16),
+        pytest.param(EXTRA_LAYER, MAP_NOT_LAST, "net.body.2", 32, marks=pytest.mark.slow),
+        pytest.param(MAP_NOT_LAST, HEAD_NOT_FC, "net.features", 16, marks=pytest.mark.slow),
     ],
 )
 def test_imported_models_train_load_export_and_explain(
-    tiny_overrides, tmp_path, teacher, student, student_layer
+    tiny_overrides, tmp_path, teacher, student, student_layer, side
 ) -> None:
     overrides = [*tiny_overrides, f"teacher.name={teacher}", f"student.name={student}"]
     if student_layer == "net.body.2":
@@ -130,10 +131,12 @@ def test_imported_models_train_load_export_and_explain(
         exported = load_model(export_model(loaded, tmp_path / f"export_{stage}")["metadata"])
         torch.testing.assert_close(exported(images), loaded(images))
         probs, predicted, maps = explain_batch(loaded, images)
-        assert maps.shape == (2, 16, 16) and torch.isfinite(maps).all()
+        expected = side if stage == "student" else 16
+        assert maps.shape == (2, expected, expected) and torch.isfinite(maps).all()
         assert torch.equal(predicted, probs.argmax(dim=1))
 
 
+@pytest.mark.slow  # a tiny run, interrupted and resumed: about 20 s alone, a minute when busy
 def test_imported_student_resumes_after_an_interrupt(tiny_overrides, tmp_path) -> None:
     overrides = [
         *tiny_overrides,

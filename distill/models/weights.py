@@ -13,7 +13,7 @@ tensors and plain containers is refused before any of its code can run.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,8 @@ def load_weights(
         if only_head:
             advice = "another class count: fine-tune it with weights=FILE, stage=teacher"
         else:
-            advice = _advice(state, rules, own, model, name, option)
+            adaptable = head if adapt_head else set()
+            advice = _advice(state, rules, own, model, name, option, adaptable)
         raise WeightsError(f"weights {source} do not fit {name}: {'; '.join(parts)} ({advice})")
     model.load_state_dict(fitted)
     return not (adapt_head and head_differs)
@@ -294,13 +295,15 @@ def _advice(
     own: Mapping[str, Tensor],
     model: nn.Module,
     name: str,
-    option,
+    option: Callable[[str], str],
+    adaptable: set[str],
 ) -> str:
     """The closest fix: key_map rules that make every key fit, else a registered architecture
-    the keys fit, else what to set."""
+    the keys fit, else what to set. Shapes of ``adaptable`` keys (a head to replace) may differ."""
 
     def score(trial: list[KeyRule]) -> tuple[int, list[str], list[str]]:
         missing, unexpected, mismatched = _problems(_fitted(state, trial, own), own)
+        mismatched = [m for m in mismatched if m[0] not in adaptable]
         return len(missing) + len(unexpected) + len(mismatched), unexpected, missing
 
     fitted = _fit_keys(apply_key_map(state, rules), set(own))
