@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,12 @@ from distill.lightning_modules import DistillModule
 from distill.models import build_model
 from distill.models.imported import ImportedClassifier
 from distill.pipeline import train
+
+# The models are imported by name, as a user's would be: from the repository root (on sys.path
+# under `python -m pytest`; added here for a bare `pytest`).
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 HEAD_NOT_FC = "tests.custom_models:HeadNotFc"
 EXTRA_LAYER = "tests.custom_models:ExtraLayerAfterPooling"
