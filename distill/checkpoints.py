@@ -18,7 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from distill.models import WeightsError, build_model
-from distill.models.weights import describe_load_error, load_weights, unwrap_state_dict
+from distill.models.weights import (
+    describe_load_error,
+    load_weights,
+    missing_file_error,
+    unwrap_state_dict,
+)
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -82,7 +87,7 @@ def _read(path: Path, what: str = "checkpoint") -> Any:
     """``torch.load`` with ``weights_only=True`` (``.safetensors``: safetensors); every failure
     is a one-line CheckpointError, and a file holding pickled code is refused without running it."""
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
+        raise CheckpointError(missing_file_error(path, what))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -90,7 +95,7 @@ def _read(path: Path, what: str = "checkpoint") -> Any:
             return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"{what} {path} {describe_load_error(error)}") from None
+        raise CheckpointError(f"{what} {path} {describe_load_error(error, path)}") from None
 
 
 def _build(name: str, kwargs: dict, info: dict[str, Any], state: dict, path: Path) -> nn.Module:
@@ -131,7 +136,12 @@ def _is_toolkit_checkpoint(checkpoint: Any) -> bool:
 
 
 def _from_state_dict(
-    checkpoint: Any, path: Path, name: str | None, num_classes: int | None, kwargs: dict
+    checkpoint: Any,
+    path: Path,
+    name: str | None,
+    num_classes: int | None,
+    kwargs: dict,
+    key_map: list[str] | None = None,
 ) -> nn.Module:
     """A network built by name with the plain state_dict of another codebase loaded strictly."""
     if name is None or num_classes is None:
@@ -146,7 +156,15 @@ def _from_state_dict(
         raise CheckpointError(f"{path}: cannot build {name}: {_first_line(error)}") from None
     try:
         state = unwrap_state_dict(checkpoint, path)
-        load_weights(model, state, source=str(path), adapt_head=False, name=name)
+        load_weights(
+            model,
+            state,
+            source=str(path),
+            adapt_head=False,
+            name=name,
+            key_map=key_map,
+            role="teacher",
+        )
     except WeightsError as error:
         raise CheckpointError(str(error)) from None
     info = {"num_classes": num_classes}
@@ -275,13 +293,14 @@ def load_classifier(
     expected_name: str | None = None,
     expected_classes: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    key_map: list[str] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
     """Load a teacher for distillation: a checkpoint as :func:`load_model` reads it, or a plain
     ``state_dict`` from any code (``.pt``, ``.pth``, ``.safetensors``; wrapped under
     ``state_dict`` / ``model`` or with ``module.`` prefixes) for the architecture
-    ``expected_name`` built with ``model_kwargs``. The network is returned in eval mode on
-    ``map_location``.
+    ``expected_name`` built with ``model_kwargs``, its keys renamed by ``key_map``
+    (:mod:`distill.models.key_map`). The network is returned in eval mode on ``map_location``.
 
     Raises:
         CheckpointError: the file is missing, unreadable or unsafe (pickled code is refused
@@ -294,7 +313,7 @@ def load_classifier(
         model = _from_checkpoint(checkpoint, path)
     else:
         kwargs = dict(model_kwargs or {})
-        model = _from_state_dict(checkpoint, path, expected_name, expected_classes, kwargs)
+        model = _from_state_dict(checkpoint, path, expected_name, expected_classes, kwargs, key_map)
     if expected_name is not None and model.model_name != expected_name:
         raise CheckpointError(
             f"{path} holds a {model.model_name} but the config asks for {expected_name}: "

@@ -155,7 +155,9 @@ class DataConfig:
 class ModelConfig:
     """A network built by ``distill.models.build_model``."""
 
-    name: str = "wrn_16_1"  # also torchvision names (resnet18) and timm/<name> (pip: distill[timm])
+    # Also torchvision names (resnet18), timm/<name> (pip: distill[timm]) and any importable
+    # package.module:callable, called with num_classes and kwargs.
+    name: str = "wrn_16_1"
     kwargs: dict[str, Any] = field(default_factory=dict)
     # Starting weights: a pretrained name (torchvision: DEFAULT, IMAGENET1K_V1; timm: DEFAULT) or
     # a state_dict file (.pt, .pth, .safetensors). Another class count keeps the backbone and
@@ -164,7 +166,13 @@ class ModelConfig:
     # Teacher only: trained weights (this toolkit's .ckpt, or a state_dict of teacher.name for
     # the data's classes); unset or absent: train first.
     checkpoint: str | None = None
-    epochs: int = 30
+    epochs: int = 30  # teacher: 0 evaluates the given weights or checkpoint (stage=teacher)
+    # Rename rules for the keys of a weights file from other code, applied in order: OLD:NEW
+    # (literal, e.g. linear.:fc.) or re:PATTERN:REPL. A DDP module. prefix is stripped anyway.
+    key_map: list[str] = field(default_factory=list)
+    # The layer Grad-CAM++ explains; None: the model's own (import-path models: found by a
+    # forward pass, the layer that feeds global pooling).
+    cam_layer: str | None = None
 
 
 @dataclass
@@ -394,8 +402,12 @@ def load_config(name_or_path: str = "quickstart", overrides: list[str] | None = 
                 )
         try:
             dotlist = OmegaConf.from_dotlist(list(overrides))
-        except OmegaConfBaseException as error:
-            raise ConfigError(f"overrides: {str(error).splitlines()[0]}") from None
+        except Exception as error:  # omegaconf's errors, and yaml's for a value it cannot parse
+            detail = " ".join(str(error).split())
+            raise ConfigError(
+                f"overrides: {detail} (quote values holding ':', e.g. "
+                '\'teacher.key_map=["module.:", "linear.:fc."]\')'
+            ) from None
         cfg = _merge(cfg, dotlist, "override")
     try:
         OmegaConf.resolve(cfg)

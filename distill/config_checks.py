@@ -37,10 +37,20 @@ def validate(cfg: DictConfig) -> None:
     ):
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
+    if cfg.teacher.epochs == 0 and cfg.stage == "teacher":
+        if not (cfg.teacher.weights or cfg.teacher.checkpoint):
+            raise ConfigError(
+                "teacher.epochs=0 evaluates a given teacher: set teacher.weights=FILE or "
+                "teacher.checkpoint=FILE"
+            )
+    elif cfg.teacher.epochs <= 0:
+        raise ConfigError(
+            f"teacher.epochs={cfg.teacher.epochs} must be > 0 (0 only with stage=teacher, "
+            "to evaluate a given teacher)"
+        )
     for key in (
         "loss.temperature",
         "data.batch_size",
-        "teacher.epochs",
         "student.epochs",
         "trainer.check_val_every_n_epoch",
     ):
@@ -134,16 +144,24 @@ def _validate_models(cfg: DictConfig) -> None:
 
     from distill.cam import resolve_layer
     from distill.models import build_model, check_weights
+    from distill.models.key_map import parse_key_map
 
     models = {}
     for role in ("teacher", "student"):
         section = cfg[role]
         try:
+            parse_key_map(section.key_map)
+        except ValueError as error:
+            raise ConfigError(f"{role}.key_map: {error}") from None
+        layer = {"cam_layer": section.cam_layer} if section.cam_layer else {}
+        try:
             with torch.device("meta"):
-                models[role] = build_model(section.name, num_classes=10, **section.kwargs)
+                models[role] = build_model(section.name, num_classes=10, **section.kwargs, **layer)
         except (ValueError, TypeError, ImportError) as error:
             message = " ".join(str(error).split())
-            raise ConfigError(f"{role}.name={section.name!r}: {message}") from None
+            key = "cam_layer" if "cam_layer" in message and layer else "name"
+            value = section[key]
+            raise ConfigError(f"{role}.{key}={value!r}: {message}") from None
         try:
             check_weights(section.name, section.weights)
         except ValueError as error:

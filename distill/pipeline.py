@@ -49,6 +49,7 @@ from distill.loggers import (
 )
 from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
+from distill.models.weights import missing_file_error
 from distill.resolution import check_map_grids
 from distill.run_dir import (
     RUN_DIR_ENV,
@@ -218,14 +219,69 @@ def _memory_format(model: torch.nn.Module, cfg: DictConfig) -> None:
         model.to(memory_format=torch.channels_last)
 
 
+def _model_kwargs(section: DictConfig) -> dict[str, Any]:
+    """A section's builder arguments, with its ``cam_layer`` when set (checkpoints store them,
+    so a loaded network explains the same layer)."""
+    kwargs = OmegaConf.to_container(section.kwargs)
+    return kwargs | ({"cam_layer": section.cam_layer} if section.cam_layer else {})
+
+
+def _key_options(section: DictConfig, role: str) -> dict[str, Any]:
+    """How a section's weights file is fitted: its key map, and the section messages name."""
+    return {"key_map": list(section.key_map), "role": role}
+
+
+def _evaluate_teacher(cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult) -> dict:
+    """``teacher.epochs=0``: the given teacher (``teacher.weights``, else
+    ``teacher.checkpoint``) evaluated as it is, on the holdout if there is one and the test
+    split; nothing is trained or written but the logs."""
+    if cfg.teacher.weights:
+        model = _pretrained_teacher(cfg, dm.num_classes)
+    else:
+        model = load_classifier(
+            cfg.teacher.checkpoint,
+            expected_name=cfg.teacher.name,
+            expected_classes=dm.num_classes,
+            model_kwargs=_model_kwargs(cfg.teacher),
+            key_map=list(cfg.teacher.key_map),
+        )
+    module = ClassifierModule(
+        model,
+        model_name=cfg.teacher.name,
+        num_classes=dm.num_classes,
+        optim=OmegaConf.to_container(cfg.optim),
+        epochs=1,
+        model_kwargs=_model_kwargs(cfg.teacher),
+        **_inference_info(dm),
+    )
+    trainer = _trainer(cfg, run_dir, "teacher", 1, [], dm.has_holdout)
+    metrics: dict[str, Any] = {}
+    if dm.has_holdout:
+        validated = trainer.validate(module, datamodule=dm, verbose=False)
+        metrics["val_acc"] = validated[0]["val/acc"]
+    tested = trainer.test(module, datamodule=dm, verbose=False)
+    result.trainers["teacher"] = trainer
+    result.teacher = model
+    source = cfg.teacher.weights or cfg.teacher.checkpoint
+    return metrics | {
+        "test_acc": tested[0]["test/acc"],
+        "test_acc5": tested[0]["test/acc5"],
+        "evaluated": str(source),
+        "epochs": 0,
+    }
+
+
 def _train_teacher(
     cfg: DictConfig, dm: Any, run_dir: Path, result: RunResult, resume: bool, extra: list
 ) -> dict:
+    if cfg.teacher.epochs == 0:
+        return _evaluate_teacher(cfg, dm, run_dir, result)
     model = build_model(
         cfg.teacher.name,
         num_classes=dm.num_classes,
         weights=cfg.teacher.weights,  # pretrained: fine-tuned here on the data's classes
-        **cfg.teacher.kwargs,
+        **_key_options(cfg.teacher, "teacher"),
+        **_model_kwargs(cfg.teacher),
     )
     _memory_format(model, cfg)
     compile_classifier(model, cfg.trainer.compile)
@@ -235,7 +291,7 @@ def _train_teacher(
         num_classes=dm.num_classes,
         optim=OmegaConf.to_container(cfg.optim),
         epochs=cfg.teacher.epochs,
-        model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
+        model_kwargs=_model_kwargs(cfg.teacher),
         explanation_metrics=cfg.logging.explanation_metrics,
         **_inference_info(dm),
     )
@@ -254,7 +310,11 @@ def _pretrained_teacher(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     """The teacher as ``teacher.weights`` gives it, for distillation without fine-tuning: its
     classifier must come with the weights (the same classes as the data)."""
     teacher = build_model(
-        cfg.teacher.name, num_classes=num_classes, weights=cfg.teacher.weights, **cfg.teacher.kwargs
+        cfg.teacher.name,
+        num_classes=num_classes,
+        weights=cfg.teacher.weights,
+        **_key_options(cfg.teacher, "teacher"),
+        **_model_kwargs(cfg.teacher),
     )
     if not teacher.pretrained_head:
         raise CheckpointError(
@@ -353,14 +413,16 @@ def _train_student(
             checkpoint,
             expected_name=cfg.teacher.name,
             expected_classes=dm.num_classes,
-            model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
+            model_kwargs=_model_kwargs(cfg.teacher),
+            key_map=list(cfg.teacher.key_map),
         )
         teacher_path = str(checkpoint.resolve())
     student = build_model(
         cfg.student.name,
         num_classes=dm.num_classes,
         weights=cfg.student.weights,
-        **cfg.student.kwargs,
+        **_key_options(cfg.student, "student"),
+        **_model_kwargs(cfg.student),
     )
     _memory_format(teacher, cfg)
     _memory_format(student, cfg)
@@ -375,7 +437,7 @@ def _train_student(
         epochs=cfg.student.epochs,
         student_name=cfg.student.name,
         teacher_name=cfg.teacher.name,
-        model_kwargs=OmegaConf.to_container(cfg.student.kwargs),
+        model_kwargs=_model_kwargs(cfg.student),
         teacher_path=teacher_path,
         teacher_cache=cache,
         explanation_metrics=cfg.logging.explanation_metrics,
@@ -417,6 +479,8 @@ def _check_inputs(cfg: DictConfig, dm: Any, resume: bool) -> torch.nn.Module | N
     report = check_map_grids(cfg, dm.image_shape)
     if not launched_worker():
         print("explanation map grids: " + "; ".join(report), flush=True)
+    if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_dir():
+        raise CheckpointError(missing_file_error(cfg.teacher.checkpoint, "teacher.checkpoint"))
     teacher_given = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).exists()
     if _distils_from_weights(cfg):
         return _pretrained_teacher(cfg, dm.num_classes)
@@ -431,7 +495,8 @@ def _check_inputs(cfg: DictConfig, dm: Any, resume: bool) -> torch.nn.Module | N
             cfg.teacher.checkpoint,
             expected_name=cfg.teacher.name,
             expected_classes=dm.num_classes,
-            model_kwargs=OmegaConf.to_container(cfg.teacher.kwargs),
+            model_kwargs=_model_kwargs(cfg.teacher),
+            key_map=list(cfg.teacher.key_map),
         )
     return None
 

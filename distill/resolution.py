@@ -87,7 +87,9 @@ def check_map_grids(cfg: DictConfig, image_shape: tuple[int, int, int]) -> list[
     for role in ("teacher", "student"):
         section = cfg[role]
         with torch.device("meta"):
-            model = build_model(section.name, num_classes=10, **section.kwargs)
+            model = build_model(
+                section.name, num_classes=10, cam_layer=section.cam_layer, **section.kwargs
+            )
         layers = map_layers(cfg, role, model)
         grids = {layer: cam_grid(model, layer, image_shape) for layer in layers}
         described = ", ".join(f"{layer} {h}x{w}" for layer, (h, w) in grids.items())

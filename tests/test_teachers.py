@@ -17,6 +17,7 @@ from distill.cam import GradCAMPlusPlus, capture_activations, gradcam_pp
 from distill.checkpoints import CheckpointError, load_classifier
 from distill.config import ConfigError, load_config
 from distill.models import WeightsError, build_model, read_state_dict
+from distill.models.key_map import apply_key_map, parse_key_map
 from distill.pipeline import train
 
 timm = pytest.importorskip("timm")
@@ -291,3 +292,136 @@ def test_timm_teacher_trains_in_the_pipeline(tiny_overrides) -> None:
     summary, result = train(load_config("quickstart", overrides))
     assert result.teacher.cam_layer == "net.layer4"
     assert summary["student"]["done"]
+
+
+# ---- files from other code: key maps, old torch versions, advice -----------------------------
+
+
+def _published(tmp_path: Path, name: str = "resnet20") -> tuple[Path, dict]:
+    """A state_dict as another CIFAR codebase publishes it: under ``state_dict`` with
+    DataParallel's ``module.`` prefix, the classifier named ``linear``, and no BatchNorm
+    ``num_batches_tracked`` (saved by torch < 0.4.1)."""
+    torch.manual_seed(0)
+    source = build_model(name, num_classes=6).state_dict()
+    published = {
+        "module." + key.replace("fc.", "linear."): value
+        for key, value in source.items()
+        if not key.endswith("num_batches_tracked")
+    }
+    path = tmp_path / f"{name}.th"
+    torch.save({"best_prec1": 93.0, "state_dict": published}, path)
+    return path, source
+
+
+def test_missing_batch_counts_are_accepted_as_pytorch_accepts_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = build_model("resnet20", num_classes=6).state_dict()
+    old = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    reference = build_model("resnet20", num_classes=6)
+    reference.load_state_dict(old, strict=True)  # PyTorch's own strict load fills them in
+    path = tmp_path / "old.pt"
+    torch.save(old, path)
+    model = build_model("resnet20", num_classes=6, weights=str(path))
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_key_map_rules_rename_in_order() -> None:
+    rules = parse_key_map(["module.:", "linear.:fc.", r"re:^layer(\d)\.:stage\1.", ":net."])
+    renamed = apply_key_map(
+        {
+            "module.layer1.0.conv.weight": 1,
+            "module.linear.weight": 2,
+            "module.head.linear.b": 3,
+            "module.nonlinear.w": 4,
+        },
+        rules,
+    )
+    assert renamed == {
+        "net.stage1.0.conv.weight": 1,
+        "net.fc.weight": 2,
+        "net.head.fc.b": 3,
+        "net.nonlinear.w": 4,  # a rule replaces whole dotted parts only
+    }
+    for bad, message in (("nocolon", "OLD:NEW"), ("re:(x:y", "invalid regular expression")):
+        with pytest.raises(ValueError, match=message):
+            parse_key_map([bad])
+    with pytest.raises(ValueError, match="renames both a.w and b.w to b.w"):
+        apply_key_map({"a.w": 1, "b.w": 2}, parse_key_map(["a.:b."]))
+
+
+def test_published_file_names_the_rule_to_copy_and_loads_with_it(tmp_path) -> None:
+    path, source = _published(tmp_path)
+    with pytest.raises(WeightsError) as info:
+        build_model("resnet20", num_classes=6, weights=str(path), role="teacher")
+    message = str(info.value)
+    assert "missing: fc.bias, fc.weight; unexpected: linear.bias, linear.weight" in message
+    assert message.endswith('(they fit with teacher.key_map=["linear.:fc."])')
+    model = build_model("resnet20", num_classes=6, weights=str(path), key_map=["linear.:fc."])
+    teacher = load_classifier(
+        path, expected_name="resnet20", expected_classes=6, key_map=["module.:", "linear.:fc."]
+    )
+    for key, value in source.items():  # the batch counts start at 0, as in PyTorch
+        assert torch.equal(model.state_dict()[key], value), key
+        assert torch.equal(teacher.state_dict()[key], value), key
+
+
+def test_another_architecture_names_the_one_the_keys_fit(tmp_path) -> None:
+    path = tmp_path / "teacher.pt"
+    torch.save(build_model("wrn_16_2", num_classes=6).state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        load_classifier(path, expected_name="wrn_16_1", expected_classes=6)
+    message = str(info.value)
+    assert message.endswith("(they are the weights of a wrn_16_2: set teacher.name=wrn_16_2)")
+    assert "class count" not in message and "\n" not in message
+
+
+def test_evaluate_a_given_teacher_without_training(tiny_overrides, tmp_path) -> None:
+    """stage=teacher teacher.epochs=0: the file is tested as it is; nothing trains."""
+    path, source = _published(tmp_path)
+    overrides = [
+        *tiny_overrides,
+        "stage=teacher",
+        "teacher.name=resnet20",
+        "teacher.epochs=0",
+        f"teacher.weights={path}",
+        'teacher.key_map=["linear.:fc."]',
+    ]
+    summary, result = train(load_config("quickstart", overrides))
+    assert summary["teacher"]["epochs"] == 0 and summary["teacher"]["evaluated"] == str(path)
+    assert 0 <= summary["teacher"]["test_acc"] <= 1 and "val_acc" in summary["teacher"]
+    for key, value in source.items():
+        assert torch.equal(result.teacher.state_dict()[key], value), key
+    assert not list(Path(summary["run_dir"]).glob("teacher/*.ckpt"))
+    with pytest.raises(ConfigError, match="teacher.epochs=0 evaluates a given teacher"):
+        load_config("quickstart", [*tiny_overrides, "stage=teacher", "teacher.epochs=0"])
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("directory", r"teacher.checkpoint .* is a directory, not a file: name the file in it"),
+        ("text", r"cannot be read: it is not a checkpoint or weights file"),
+        ("garbage", r"cannot be read: it is not a checkpoint or weights file"),
+        ("garbage_pickle", r"cannot be read: truncated or corrupt \(UnpicklingError: Unsupported"),
+    ],
+)
+def test_files_that_are_no_teacher_get_the_right_advice(tiny_overrides, tmp_path, case, pattern):
+    path = tmp_path / {"directory": "teachers", "text": "teacher.txt"}.get(case, "teacher.pt")
+    if case == "directory":
+        (path / "teacher").mkdir(parents=True)
+        torch.save({}, path / "teacher" / "best.ckpt")
+    elif case == "text":
+        path.write_text("hello teacher\n")
+    else:
+        start = b"\x80\x02" if case == "garbage_pickle" else b"\x00\x01"
+        path.write_bytes(start + bytes(range(256)) * 8)
+    stage = "stage=all" if case == "directory" else "stage=student"
+    cfg = load_config("quickstart", [*tiny_overrides, stage, f"teacher.checkpoint={path}"])
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        train(cfg)
+    message = str(info.value)
+    assert "weights_only" not in message and "KeyError" not in message and "\n" not in message
+    if case == "directory":
+        assert str(path / "teacher" / "best.ckpt") in message
+    assert not (tmp_path / "runs").exists()  # refused before anything was written or trained

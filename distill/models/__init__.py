@@ -12,6 +12,7 @@ Importing this package registers every family. Build models by name::
     timm_net = build_model("timm/resnet50.a1_in1k", num_classes=10)  # pip install 'distill[timm]'
     vit = build_model("vit_tiny_p4_32", num_classes=10)  # small ViT for 32x32 images
     deit = build_model("timm/deit_tiny_distilled_patch16_224", num_classes=10)  # needs timm
+    yours = build_model("mypkg.nets:Net", num_classes=10)  # any importable nn.Module
 
 Every model exposes ``forward_features`` / ``forward_head`` / ``get_classifier``,
 ``num_features``, ``num_classes``, ``cam_layer`` (the module whose output is the map
@@ -31,6 +32,7 @@ from ._registry import (
     register_model,
 )
 from .cifar_resnet import CifarResNet
+from .imported import ImportedClassifier
 from .torchvision_models import TorchvisionClassifier
 from .transformers import TimmTransformer, TorchvisionSwin, TorchvisionViT
 from .vit import SmallViT
@@ -39,6 +41,7 @@ from .wide_resnet import WideResNet
 
 __all__ = [
     "CifarResNet",
+    "ImportedClassifier",
     "ModelCfg",
     "SmallViT",
     "TIMM_PREFIX",

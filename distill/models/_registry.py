@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,12 +157,22 @@ def get_model(name: str, **kwargs) -> nn.Module:
     return _MODEL_REGISTRY[name](**kwargs)
 
 
-def build_model(name: str, num_classes: int, *, weights: str | None = None, **kwargs) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    weights: str | None = None,
+    key_map: Sequence[str] | None = None,
+    cam_layer: str | None = None,
+    role: str | None = None,
+    **kwargs,
+) -> nn.Module:
     """Build any supported model by name; the single entry point for configs.
 
     Resolution order: registered name, then ``wrn_<depth>_<width>``, then vision transformers (torchvision
     ``vit_*``/``swin_*``, ``timm/<ViT, DeiT, Swin>``), then other ``timm/<name>`` (timm's ``create_model``; needs ``pip install 'distill[timm]'``), then torchvision
-    classification model name.
+    classification model name. A name ``package.module:callable`` builds any importable
+    ``nn.Module``: ``callable(num_classes=..., **kwargs)`` (:mod:`distill.models.imported`).
 
     Weights, when given, are either a file or a name:
 
@@ -180,6 +190,9 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, **kw
         name: Model name (case-insensitive, except a timm name's tag).
         num_classes: Size of the classifier output.
         weights: ``None`` (random initialisation; nothing is downloaded), a file or a name.
+        key_map: rename rules for a weights file's keys (:mod:`distill.models.key_map`).
+        cam_layer: the layer whose map Grad-CAM++ explains, instead of the model's own choice.
+        role: ``teacher`` or ``student``: the config section that messages name.
         **kwargs: Family-specific options, e.g. ``dropout`` for WRNs.
 
     Returns:
@@ -197,15 +210,34 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, **kw
         'net.layer4'
     """
     if weights is not None and is_weights_file(weights):
-        model = _build(name, num_classes, None, kwargs)
+        model = _build(name, num_classes, None, kwargs, cam_layer)
         state = read_state_dict(weights)
         model.pretrained_head = load_weights(
-            model, state, source=str(weights), adapt_head=True, name=name
+            model,
+            state,
+            source=str(weights),
+            adapt_head=True,
+            name=name,
+            key_map=key_map,
+            role=role,
         )
         return model
-    model = _build(name, num_classes, weights, kwargs)
+    model = _build(name, num_classes, weights, kwargs, cam_layer)
     if weights is not None:
         model.pretrained_head = not getattr(model, "head_replaced", False)
+    return model
+
+
+def _set_cam_layer(model: nn.Module, layer: str) -> nn.Module:
+    """``model`` explained at ``layer`` (its own name, or, for a wrapped model, the name inside
+    the wrapper's ``net``)."""
+    names = dict(model.named_modules())
+    chosen = layer if layer in names else f"net.{layer}"
+    if chosen not in names:
+        close = difflib.get_close_matches(layer, [n for n in names if n], n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"cam_layer {layer!r} is not a layer of the model{hint}")
+    model.cam_layer = chosen
     return model
 
 
@@ -241,7 +273,23 @@ def check_weights(name: str, weights: str | None) -> None:
     _resolve_weights(key, weights)
 
 
-def _build(name: str, num_classes: int, weights: str | None, kwargs: dict) -> nn.Module:
+def _build(
+    name: str, num_classes: int, weights: str | None, kwargs: dict, cam_layer: str | None
+) -> nn.Module:
+    if ":" in name and not name.strip().lower().startswith(TIMM_PREFIX):
+        from .imported import build_imported
+
+        if weights is not None:
+            raise ValueError(
+                f"{name!r} has no named pretrained weights ({weights!r}); give a state_dict file "
+                "instead (weights=path/to/file.pth or .safetensors)"
+            )
+        return build_imported(name.strip(), num_classes, kwargs, cam_layer)
+    model = _build_named(name, num_classes, weights, kwargs)
+    return _set_cam_layer(model, cam_layer) if cam_layer else model
+
+
+def _build_named(name: str, num_classes: int, weights: str | None, kwargs: dict) -> nn.Module:
     key = name.strip().lower()
     named = key in _MODEL_REGISTRY or _WRN_NAME.match(key)
     if named and weights is not None:

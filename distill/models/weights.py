@@ -12,7 +12,8 @@ tensors and plain containers is refused before any of its code can run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,15 @@ from torch import Tensor, nn
 
 from distill.errors import UserError
 
+from .key_map import KeyRule, apply_key_map, format_key_map, parse_key_map, suggest_rules
+
 __all__ = [
     "WEIGHTS_SUFFIXES",
     "WeightsError",
     "describe_load_error",
     "is_weights_file",
     "load_weights",
+    "missing_file_error",
     "read_state_dict",
     "unwrap_state_dict",
 ]
@@ -37,6 +41,8 @@ WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # Keys under which training code commonly nests the state_dict, tried in this order.
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 _LISTED = 8  # keys named per category in an error message
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save (zip), legacy torch.save
+_BATCH_COUNT = "num_batches_tracked"
 
 
 class WeightsError(UserError, RuntimeError):
@@ -50,19 +56,57 @@ def is_weights_file(value: str | Path) -> bool:
     return "/" in text or "\\" in text or text.lower().endswith(WEIGHTS_SUFFIXES)
 
 
-def describe_load_error(error: BaseException) -> str:
-    """One clause saying why ``torch.load(weights_only=True)`` failed; an unsafe file is named
-    as refused, with what to do instead."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    refused = [line for line in lines if line.startswith("WeightsUnpickler error")]
-    if refused:
-        what = refused[0].removeprefix("WeightsUnpickler error:").split(" was not an allowed")[0]
+def describe_load_error(error: BaseException, path: str | Path | None = None) -> str:
+    """One clause saying why ``torch.load(weights_only=True)`` failed. An unsafe file is named
+    as refused, with what to do instead; a file that is no weights file at all is named as such.
+    torch's own advice to load with ``weights_only=False`` is never repeated: it would run the
+    file's code."""
+    text = str(error)
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if unpickler and "Unsupported global" in unpickler.group(1):
+        what = unpickler.group(1).split(" was not an allowed")[0].strip()
         return (
-            f"refused: it holds pickled objects that are not tensors ({what.strip()}); "
+            f"refused: it holds pickled objects that are not tensors ({what}); "
             "loading it would run code from the file. Re-save the weights as a plain "
             "state_dict (torch.save(model.state_dict(), path)) or as .safetensors"
         )
-    return f"cannot be read ({type(error).__name__}: {lines[0] if lines else 'corrupt'})"
+    head = None if str(path).endswith(".safetensors") else _head_bytes(path)
+    if head is not None and not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        return (
+            "cannot be read: it is not a checkpoint or weights file (neither a torch.save "
+            "archive nor a pickle): "
+            "give a .ckpt written by this toolkit, a torch.save'd state_dict (.pt, .pth) or a "
+            ".safetensors file"
+        )
+    if unpickler:
+        detail = unpickler.group(1).strip().split(". ")[0]
+    else:
+        sentences = [s for s in re.split(r"(?<=\.)\s+|\n", text) if s.strip()]
+        safe = [s for s in sentences if "weights_only" not in s]
+        detail = safe[0].strip() if safe else "corrupt"
+    return f"cannot be read: truncated or corrupt ({type(error).__name__}: {detail})"
+
+
+def _head_bytes(path: str | Path | None) -> bytes | None:
+    try:
+        with open(path, "rb") as file:  # type: ignore[arg-type]
+            return file.read(4)
+    except (OSError, TypeError):
+        return None
+
+
+def missing_file_error(path: str | Path, what: str) -> str:
+    """Why ``path`` is no file to read: absent, or a directory (naming a checkpoint in it)."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{what} {path} does not exist"
+    inside = [
+        path / name
+        for name in ("teacher/best.ckpt", "teacher/last.ckpt", "best.ckpt", "last.ckpt")
+        if (path / name).is_file()
+    ]
+    hint = f" (e.g. {inside[0]})" if inside else ""
+    return f"{what} {path} is a directory, not a file: name the file in it{hint}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -81,7 +125,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+        raise WeightsError(missing_file_error(path, "weights file"))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -89,7 +133,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return load_file(str(path), device="cpu")
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightsError(f"weights file {path} {describe_load_error(error)}") from None
+        raise WeightsError(f"weights file {path} {describe_load_error(error, path)}") from None
     return unwrap_state_dict(loaded, path)
 
 
@@ -156,8 +200,13 @@ def load_weights(
     source: str,
     adapt_head: bool,
     name: str | None = None,
+    key_map: Sequence[str] | None = None,
+    role: str | None = None,
 ) -> bool:
-    """Load ``state`` into ``model`` strictly, after fitting its key prefixes.
+    """Load ``state`` into ``model`` strictly, after renaming its keys and fitting prefixes.
+
+    What PyTorch's strict ``load_state_dict`` accepts is accepted: BatchNorm's
+    ``num_batches_tracked`` buffers, absent from files of older torch versions, start at 0.
 
     Args:
         model: a model from :func:`~distill.models.build_model`.
@@ -167,42 +216,135 @@ def load_weights(
         adapt_head: keep the model's freshly initialised classifier when the weights'
             classifier has another shape (another number of classes): a pretrained backbone
             with a new head, to be fine-tuned. When False such a difference is an error.
+        key_map: rename rules applied to the file's keys first (:mod:`distill.models.key_map`);
+            ``module.`` and other wrapper prefixes are fitted automatically after them.
+        role: ``teacher`` or ``student``: the config section named in messages.
 
     Returns:
         Whether the classifier came from the weights (False when ``adapt_head`` replaced it).
 
     Raises:
-        WeightsError: keys are missing or unexpected, or shapes differ; the message lists them.
+        WeightsError: keys are missing or unexpected, or shapes differ; the one-line message
+            lists them and names the key_map rule or the architecture that would fit, if any.
     """
+    option = (lambda key: f"{role}.{key}") if role else (lambda key: key)
+    try:
+        rules = parse_key_map(key_map)
+    except ValueError as error:
+        raise WeightsError(f"{option('key_map')}: {error}") from None
     own = model.state_dict()
-    state = _fit_keys(dict(state), set(own))
     head = _classifier_keys(model)
-    head_differs = any(k in state and state[k].shape != own[k].shape for k in head)
+    try:
+        fitted = _fitted(state, rules, own)
+    except ValueError as error:
+        raise WeightsError(f"weights {source}: {error}") from None
+    head_differs = any(k in fitted and fitted[k].shape != own[k].shape for k in head)
     if adapt_head and head_differs:
-        state = {k: v for k, v in state.items() if k not in head}
-        state.update({k: own[k] for k in head})
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
+        fitted = {k: v for k, v in fitted.items() if k not in head}
+        fitted.update({k: own[k] for k in head})
+    missing, unexpected, mismatched = _problems(fitted, own)
     if missing or unexpected or mismatched:
         parts = [
             _listing(label, keys)
             for label, keys in (
                 ("missing", missing),
                 ("unexpected", unexpected),
-                ("shape (file vs model)", mismatched),
+                ("shape (file vs model)", [f"{k} {s} vs {o}" for k, s, o in mismatched]),
             )
             if keys
         ]
         name = name or getattr(model, "model_name", type(model).__name__)
-        hint = " (another class count: fine-tune it with weights=FILE, stage=teacher)"
-        raise WeightsError(
-            f"weights {source} do not fit {name}: {'; '.join(parts)}"
-            f"{hint if head_differs and not adapt_head else ''}"
-        )
-    model.load_state_dict(state)
+        only_head = not missing and not unexpected and {k for k, _, _ in mismatched} <= head
+        if only_head:
+            advice = "another class count: fine-tune it with weights=FILE, stage=teacher"
+        else:
+            adaptable = head if adapt_head else set()
+            advice = _advice(state, rules, own, model, name, option, adaptable)
+        raise WeightsError(f"weights {source} do not fit {name}: {'; '.join(parts)} ({advice})")
+    model.load_state_dict(fitted)
     return not (adapt_head and head_differs)
+
+
+def _fitted(
+    state: Mapping[str, Tensor], rules: Sequence[KeyRule], own: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """``state`` renamed by ``rules``, its prefixes fitted to ``own`` and the BatchNorm batch
+    counts that old files lack filled in (as ``BatchNorm._load_from_state_dict`` does)."""
+    fitted = _fit_keys(apply_key_map(state, rules), set(own))
+    for key in own:
+        module = key[: -len(_BATCH_COUNT)]
+        if key.endswith(_BATCH_COUNT) and key not in fitted and f"{module}running_mean" in fitted:
+            fitted[key] = torch.zeros_like(own[key], device="cpu")
+    return fitted
+
+
+def _problems(
+    fitted: Mapping[str, Tensor], own: Mapping[str, Tensor]
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    missing = sorted(set(own) - set(fitted))
+    unexpected = sorted(set(fitted) - set(own))
+    mismatched = sorted(
+        (k, tuple(fitted[k].shape), tuple(own[k].shape))
+        for k in set(own) & set(fitted)
+        if fitted[k].shape != own[k].shape
+    )
+    return missing, unexpected, mismatched
+
+
+def _advice(
+    state: Mapping[str, Tensor],
+    rules: list[KeyRule],
+    own: Mapping[str, Tensor],
+    model: nn.Module,
+    name: str,
+    option: Callable[[str], str],
+    adaptable: set[str],
+) -> str:
+    """The closest fix: key_map rules that make every key fit, else a registered architecture
+    the keys fit, else what to set. Shapes of ``adaptable`` keys (a head to replace) may differ."""
+
+    def score(trial: list[KeyRule]) -> tuple[int, list[str], list[str]]:
+        missing, unexpected, mismatched = _problems(_fitted(state, trial, own), own)
+        mismatched = [m for m in mismatched if m[0] not in adaptable]
+        return len(missing) + len(unexpected) + len(mismatched), unexpected, missing
+
+    fitted = _fit_keys(apply_key_map(state, rules), set(own))
+
+    def shapes(file_key: str, model_key: str) -> bool | None:
+        tensor = fitted.get(file_key)
+        return None if tensor is None else tensor.shape == own[model_key].shape
+
+    new = suggest_rules(score, shapes, rules)
+    if new:
+        return f"they fit with {option('key_map')}={format_key_map([*rules, *new])}"
+    other = _fitting_architecture(state, rules, name, getattr(model, "num_classes", None))
+    if other is not None:
+        return f"they are the weights of a {other}: set {option('name')}={other}"
+    return (
+        f"set {option('name')} to the architecture that wrote the file, or rename its keys "
+        f"with {option('key_map')} rules (OLD:NEW or re:PATTERN:REPL)"
+    )
+
+
+def _fitting_architecture(
+    state: Mapping[str, Tensor], rules: list[KeyRule], name: str, num_classes: int | None
+) -> str | None:
+    """A registered model (built on the meta device) whose keys and shapes the file fits,
+    the classifier's shape aside."""
+    from ._registry import build_model, list_models
+
+    classes = int(num_classes or 10)
+    for candidate in list_models():
+        if candidate == name:
+            continue
+        try:
+            with torch.device("meta"):
+                other = build_model(candidate, num_classes=classes)
+        except Exception:  # a family that cannot be built here is no suggestion
+            continue
+        own = other.state_dict()
+        missing, unexpected, mismatched = _problems(_fitted(state, rules, own), own)
+        head = _classifier_keys(other)
+        if not missing and not unexpected and all(k in head for k, _, _ in mismatched):
+            return candidate
+    return None
