@@ -272,14 +272,15 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
         rank, world = self._world()
         batch_size = self.batch_size_per_device if train else self.eval_batch_size_per_device
         # A rank's share smaller than one batch trains as one (incomplete) batch, not as none.
-        share = math.ceil(len(self._split(split)) / world)
+        share = math.ceil(len(self._split(split)) / world) if train else 0  # this rank's samples
+        drop_last = train and self.drop_last and share >= batch_size
         spec = LoaderSpec(
             batch_size=batch_size,
             train=train,
             seed=self.stream_seed if train else self.seed,
             rank=rank,
             world=world,
-            drop_last=train and self.drop_last and share >= batch_size,
+            drop_last=drop_last,
             keep=2 + self._extras(split),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -95,7 +95,7 @@ class ImageFolderDataModule(ImageDataModule):
                 f"data.root '{self.root}' does not exist; set data.root to a folder holding "
                 f"'{self.train_dir}/<class>/<image>' and '{self.val_dir}/<class>/<image>'"
             )
-        held = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        held = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
         unused = [name for name in held if name not in self._split_options()]
         fix = (
             f"; set data.imagefolder.{option}={unused[0]}"

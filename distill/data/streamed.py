@@ -87,8 +87,8 @@ class StreamDataModule(ImageDataModule):
         if not self._classes_checked:
             from distill.data.stream import read_meta
 
-            for split in ("val", "test"):
-                path = self._path(self._split_key(split))
+            for key in dict.fromkeys(self._split_key(split) for split in ("val", "test")):
+                path = self._path(key)
                 classes = list(read_meta(path)["classes"])
                 check_same_classes(self._path(self.train_dir), self.classes, path, classes)
             self._classes_checked = True
