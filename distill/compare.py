@@ -6,7 +6,7 @@ and seed through ``distill.pipeline.train`` (the overrides apply to every studen
 ``data.train_fraction=0.1`` for scarce data, ``loss.map_normalize=l2`` for normalised maps,
 ``loss.map_weight=0.1``...), tests each student once on the test split with the checkpoint its
 protocol selects (see :data:`distill.compare_report.PROTOCOL_NOTE`), and writes ``results.json``, ``results.md``
-(mean and std over seeds) and ``results.png`` into ``<output_dir>/compare-<name>/<stamp>/``.
+(mean and std over seeds; one seed: its value, no spread) and ``results.png`` into ``<output_dir>/compare-<name>/<stamp>/``.
 With wandb on, every training is its own run in one group named after that folder, and a last
 run (job type ``compare``) holds the results table and the plot (:mod:`distill.compare_report`).
 """
@@ -38,7 +38,7 @@ from distill.metrics import (
     explanation_confidences,
 )
 
-__all__ = ["METHODS", "compare", "evaluate_student", "main"]
+__all__ = ["METHODS", "check_choices", "compare", "evaluate_student", "main"]
 
 WRN_GROUPS = "[{student: block1, teacher: block1}, {student: block2, teacher: block2}, {student: block3, teacher: block3}]"
 CE_ONLY = ["loss.ce_weight=1.0", "loss.kd_weight=0"]
@@ -125,6 +125,18 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
     return key, swept
 
 
+def check_choices(methods: Sequence[str], seeds: Sequence[int]) -> None:
+    """Refuse, before anything trains, an empty or unknown method list and an empty seed list:
+    a comparison of nothing would train the teacher, then fail at the table."""
+    if not methods:
+        raise ConfigError(f"--methods is empty; name one or more of {','.join(METHODS)}")
+    unknown = [m for m in dict.fromkeys(methods) if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if not seeds:
+        raise ConfigError("--seeds is empty; name one or more seeds, e.g. --seeds 0,1,2")
+
+
 def _variants(
     methods: Sequence[str], sweep: tuple[str, list[str]] | None
 ) -> list[tuple[str, str, list[str]]]:
@@ -178,9 +190,7 @@ def compare(
     """
     from distill.pipeline import train  # heavy imports
 
-    for method in methods:
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    check_choices(methods, seeds)
     base = load_config(config, list(overrides))
     out = (
         Path(base.output_dir)
@@ -324,9 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed]
         sweep = parse_sweep(args.sweep) if args.sweep else None
-        unknown = sorted(set(methods) - set(METHODS))
-        if unknown:
-            raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        check_choices(methods, seeds)
         load_config(args.config, args.overrides)
     except ValueError as error:  # a ConfigError, or a seed that is not a number
         return report(error if isinstance(error, UserError) else ConfigError(f"--seeds: {error}"))

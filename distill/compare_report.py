@@ -1,5 +1,5 @@
-"""A comparison's results as a user reads them: the Markdown table (mean ± std over seeds), the
-bar plot, ``results.json``, and the wandb run that holds them.
+"""A comparison's results as a user reads them: the Markdown table (mean ± std over seeds; a
+single seed's value alone, since no spread was measured), the bar plot, ``results.json``, and the wandb run that holds them.
 
 Each row is one trained student: ``method``, ``seed``, ``selected_on`` and the metrics named in
 :data:`COLUMNS` (fractions; NaN where a column does not apply).
@@ -52,7 +52,8 @@ PROTOCOL_NOTE = (
     "Top-1 and the faithfulness columns are measured once on the test split, with the "
     "checkpoint named in 'selected on' (holdout: best validation accuracy on the holdout of "
     "the training split; last: the final epoch, nothing selected). Agreement and map "
-    "similarity are the last validation's. Mean ± std over seeds."
+    "similarity are the last validation's. Mean ± sample std over seeds; a cell of one seed "
+    "shows its value alone (no spread was measured)."
 )
 
 
@@ -66,15 +67,28 @@ def write_results(rows: list[dict[str, Any]], out: Path, note: str) -> None:
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation of the finite values (NaN: a column that does not
-    apply); one value has std 0."""
+    apply); one value has std 0 (callers that print it say that no spread was measured)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return float("nan"), float("nan")
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def _spread_measured(values: Sequence[float]) -> bool:
+    """Whether there are two or more finite values, so that a std says something."""
+    return sum(not math.isnan(v) for v in values) > 1
+
+
+def _cell(values: Sequence[float]) -> str:
+    """``mean ± std``; the value alone when no spread was measured (one seed)."""
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}" if _spread_measured(values) else f"{mean:.2f}"
+
+
 def summarize(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: mean ± std over seeds for each method."""
+    """Markdown table: mean ± std over seeds for each method (one seed: its value)."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
     header = ["method", "seeds", "selected on", *(label for _, label, _ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -83,14 +97,14 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         selected = ", ".join(sorted({str(row.get("selected_on", "?")) for row in mine}))
         cells = [LABELS.get(method, method), str(len(mine)), selected]
         for key, _, scale in COLUMNS:
-            mean, std = mean_std([row.get(key, float("nan")) * scale for row in mine])
-            cells.append("n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}")
+            cells.append(_cell([row.get(key, float("nan")) * scale for row in mine]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict[str, Any]], path: Path, key: str = "test_acc") -> None:
-    """Horizontal bars of mean top-1 per method with ±1 std whiskers and the seeds as dots."""
+    """Horizontal bars of mean top-1 per method with ±1 std whiskers (none for one seed) and
+    the seeds as dots."""
     from PIL import Image, ImageDraw
 
     methods = list(dict.fromkeys(row["method"] for row in rows))
@@ -111,11 +125,12 @@ def plot(rows: list[dict[str, Any]], path: Path, key: str = "test_acc") -> None:
         mean, std = mean_std(values[method])
         draw.text((10, top + bar_h / 3), LABELS.get(method, method), fill="black")
         draw.rectangle([left, top, x_of(mean), top + bar_h], fill=(70, 130, 180))
-        draw.line(
-            [x_of(mean - std), top + bar_h / 2, x_of(mean + std), top + bar_h / 2],
-            fill="black",
-            width=2,
-        )
+        if _spread_measured(values[method]):
+            draw.line(
+                [x_of(mean - std), top + bar_h / 2, x_of(mean + std), top + bar_h / 2],
+                fill="black",
+                width=2,
+            )
         for v in values[method]:
             draw.ellipse(
                 [x_of(v) - 3, top + bar_h / 2 - 3, x_of(v) + 3, top + bar_h / 2 + 3], fill="orange"

@@ -124,6 +124,9 @@ class DataConfig:
     name: str = "shapes"
     root: str | None = None  # cifar, imagefolder: dataset folder; None: ~/.cache/distill/data
     batch_size: int = 128  # global batch, split across devices
+    # Drop each epoch's last incomplete training batch (timm's default): a batch of one image
+    # stops batch norm. A split smaller than one batch still trains, as one batch.
+    drop_last: bool = True
     num_workers: int = 2
     in_memory: bool = True  # uint8 tensor in memory, batched augmentation on the device
     # Model input size (square); None: the images' own size (all equal). shapes: generated size.

@@ -9,8 +9,6 @@ forward pass on the meta device: shapes only, no memory and no arithmetic.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -20,7 +18,7 @@ from distill.config import ConfigError
 from distill.console import MIN_CAM_SIZE
 from distill.models import build_model
 
-__all__ = ["cam_grid", "check_map_grids", "map_layers"]
+__all__ = ["cam_grid", "check_map_grids", "map_layers", "size_for_grid"]
 
 
 def cam_grid(model: nn.Module, layer: str, image_shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -56,12 +54,36 @@ def map_layers(cfg: DictConfig, role: str, model: nn.Module) -> list[str]:
     return [pair[role] for pair in pairs] if pairs else [model.cam_layer]
 
 
-def _fix(role: str, layer: str, grid: tuple[int, int], image_shape: tuple[int, int, int]) -> str:
+def size_for_grid(model: nn.Module, layer: str, minimum: int = MIN_CAM_SIZE) -> int | None:
+    """The smallest multiple of ``layer``'s stride whose square input gives a map grid of at
+    least ``minimum`` on each side; ``None`` when the model takes no other input size.
+
+    Why not ``input size / grid``: at inputs smaller than the stride, padding rounds the grid up
+    to 1x1, so that ratio understates the stride (a 1-pixel input would suggest 4 pixels). The
+    stride is read at a probe large enough for that rounding not to matter, and the answer is
+    checked by a forward at that size.
+    """
+    probe = 64 * minimum
+    try:
+        stride = max(1, round(probe / max(min(cam_grid(model, layer, (3, probe, probe))), 1)))
+        for size in range(stride * minimum, stride * (minimum + 8), stride):
+            if min(cam_grid(model, layer, (3, size, size))) >= minimum:
+                return size
+    except (RuntimeError, ValueError, AssertionError, TypeError):
+        return None  # a model built for one input size
+    return None
+
+
+def _fix(role: str, model: nn.Module, layer: str) -> str:
     """What to change so the map at ``layer`` reaches MIN_CAM_SIZE on its short side."""
-    stride = math.ceil(min(image_shape[1:]) / max(min(grid), 1))
-    needed = stride * MIN_CAM_SIZE
+    size = size_for_grid(model, layer)
+    larger = (
+        f"data.image_size={size} gives {MIN_CAM_SIZE}x{MIN_CAM_SIZE}"
+        if size is not None
+        else f"a data.image_size whose grid is at least {MIN_CAM_SIZE}x{MIN_CAM_SIZE}"
+    )
     return (
-        f"use larger images (data.image_size={needed} gives {MIN_CAM_SIZE}x{MIN_CAM_SIZE}), "
+        f"use larger images ({larger}), "
         f"an earlier layer with a finer grid (loss.map_layers, {role}: ...), a {role} model "
         "built for this resolution (e.g. resnet20 or wrn_16_2 at 32x32), or turn the map "
         "loss off (loss.map_weight=0)"
@@ -100,6 +122,6 @@ def check_map_grids(cfg: DictConfig, image_shape: tuple[int, int, int]) -> list[
                     f"the {role}'s map layer {layer!r} ({section.name}) is {grid[0]}x{grid[1]} "
                     f"at {image_shape[1]}x{image_shape[2]} inputs: a map of one value cannot "
                     f"point anywhere, so loss.map_weight={cfg.loss.map_weight} would teach "
-                    f"nothing; {_fix(role, layer, grid, image_shape)}"
+                    f"nothing; {_fix(role, model, layer)}"
                 )
     return lines

@@ -160,7 +160,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, tmp_path)
     last = run_dir / "teacher" / "last.ckpt"
     assert str(last) in str(info.value)
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert (state["epoch"], state["global_step"]) == (0, 3)  # end of epoch 0, not after the NaN
+    assert (state["epoch"], state["global_step"]) == (0, 2)  # end of epoch 0, not after the NaN
     assert all(
         torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
     )
@@ -226,7 +226,7 @@ def _assert_same_run(run_dir: Path, summary: dict, reference_dir: Path, referenc
             torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
     last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=True)
     final = torch.load(reference_dir / "teacher" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == final["global_step"] == 3 * 3  # 3 epochs of 3 batches
+    assert last["global_step"] == final["global_step"] == 3 * 2  # 3 epochs of 2 full batches
     for key in ("epochs", "val_acc", "val_acc_best", "test_acc"):
         assert summary["teacher"][key] == reference["teacher"][key], key
 
@@ -248,7 +248,7 @@ def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(
     try:
         expected = SIGTERMException if signum == signal.SIGTERM else SystemExit
         with pytest.raises(expected):
-            train(cfg, callbacks=[SignalAt(epoch=1, batch=1, signum=signum)])
+            train(cfg, callbacks=[SignalAt(epoch=1, batch=0, signum=signum)])  # of 2
     finally:
         signal.signal(signal.SIGINT, previous)  # Lightning ignores further Ctrl-C on shutdown
     (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
@@ -268,7 +268,7 @@ from distill.pipeline import train
 
 class KillAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == 2 and batch_idx == 1:
+        if trainer.current_epoch == 2 and batch_idx == 0:  # of 2 batches
             os.kill(os.getpid(), signal.SIGKILL)  # no handler runs, nothing is saved
 
 train(load_config("quickstart", sys.argv[1:]), callbacks=[KillAt()])
@@ -293,7 +293,7 @@ def test_resume_after_a_hard_kill_continues_from_the_last_epoch(tiny_overrides, 
     (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
     assert not (run_dir / "teacher" / "interrupted.ckpt").exists()
     last = torch.load(run_dir / "teacher" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert (last["epoch"], last["global_step"]) == (1, 2 * 3)  # the end of epoch 1 (3 batches)
+    assert (last["epoch"], last["global_step"]) == (1, 2 * 2)  # the end of epoch 1 (2 batches)
 
     summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
     _assert_same_run(run_dir, summary, reference_dir, reference)

@@ -10,6 +10,8 @@ do not depend on ``num_workers``, and a run resumed mid-epoch continues with the
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -46,7 +48,9 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
             what lets them share a :class:`distill.TeacherCache`. ``None``: ``seed``.
         augment: Random crop + flip on the training split.
         padding: Zero padding of the ``pad`` crop.
-        drop_last: Drop the last incomplete training batch of each rank.
+        drop_last: Drop the last incomplete training batch of each rank (as timm's loaders do):
+            a batch of one sample would stop batch norm. A rank's share smaller than one
+            batch is not dropped: it trains as one batch.
         image_size: Model input size (square); ``None`` keeps the native size (which then must
             be the same for all images).
         crop: Training crop, ``"pad"`` (CIFAR) or ``"random_resized"`` (ImageNet; evaluation
@@ -73,7 +77,7 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
         seed: int = 0,
         augment: bool = True,
         padding: int = 4,
-        drop_last: bool = False,
+        drop_last: bool = True,
         image_size: int | None = None,
         crop: str = "pad",
         mean: Sequence[float] | None = None,
@@ -210,6 +214,23 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
         """Load the splits needed for ``stage`` (idempotent: loaded splits are kept)."""
         for split in stage_splits(stage):
             self._split(split)
+        self._report_capped_holdout()
+
+    def _report_capped_holdout(self) -> None:
+        """Say, once, which classes keep their only image(s) out of the holdout to train."""
+        capped, self.selection.capped = self.selection.capped, []
+        if capped:
+            names = ", ".join(
+                f"{self.classes[c]!r} ({n} image{'s' * (n > 1)})" for c, n in capped[:5]
+            )
+            more = f" and {len(capped) - 5} more" if len(capped) > 5 else ""
+            warnings.warn(
+                f"data.val_fraction={self.selection.val_fraction} would hold out every training "
+                f"image of {names}{more}: each such class keeps one image to train and holds "
+                "out the rest",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _storage(self, key: str) -> Split:
         """The samples of a storage key in the chosen storage, loaded once."""
@@ -249,13 +270,17 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         rank, world = self._world()
+        batch_size = self.batch_size_per_device if train else self.eval_batch_size_per_device
+        # A rank's share smaller than one batch trains as one (incomplete) batch, not as none.
+        share = math.ceil(len(self._split(split)) / world) if train else 0  # this rank's samples
+        drop_last = train and self.drop_last and share >= batch_size
         spec = LoaderSpec(
-            batch_size=self.batch_size_per_device if train else self.eval_batch_size_per_device,
+            batch_size=batch_size,
             train=train,
             seed=self.stream_seed if train else self.seed,
             rank=rank,
             world=world,
-            drop_last=train and self.drop_last,
+            drop_last=drop_last,
             keep=2 + self._extras(split),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

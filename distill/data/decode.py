@@ -20,12 +20,13 @@ from torch import Tensor
 from distill.data.errors import DatasetNotFoundError, UnreadableImageError
 from distill.data.geometry import resize_uint8
 
-__all__ = ["decode_file", "load_image_folder", "pil_rgb", "scan_folder"]
+__all__ = ["class_folders", "decode_file", "load_image_folder", "pil_rgb", "scan_folder"]
 
 
-def scan_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes and ``(path, label)`` samples exactly as torchvision's ImageFolder finds them."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+def class_folders(folder: Path) -> list[str]:
+    """The class folder names of a split folder, sorted as torchvision's ImageFolder sorts them
+    (read from the folder names alone: cheap)."""
+    from torchvision.datasets.folder import find_classes
 
     if not folder.is_dir():
         raise DatasetNotFoundError(
@@ -33,15 +34,36 @@ def scan_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
             "<split>/<class>/<image> files (ImageFolder layout)"
         )
     try:
-        classes, class_to_idx = find_classes(str(folder))
-        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+        return find_classes(str(folder))[0]
     except FileNotFoundError as e:
         raise DatasetNotFoundError(
-            f"image folder '{folder}' holds no usable images ({e}); expected "
-            "<class>/<image> files with extensions " + ", ".join(IMG_EXTENSIONS)
+            f"image folder '{folder}' holds no class folders; expected <class>/<image> files"
         ) from e
+
+
+def scan_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes and ``(path, label)`` samples exactly as torchvision's ImageFolder finds them;
+    a class folder without images is refused, naming it."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    classes = class_folders(folder)
+    class_to_idx = {name: i for i, name in enumerate(classes)}
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    present = {label for _, label in samples}
+    empty = [name for name in classes if class_to_idx[name] not in present]
     if not samples:
-        raise DatasetNotFoundError(f"image folder '{folder}' holds no images")
+        raise DatasetNotFoundError(
+            f"image folder '{folder}' holds no usable images in its {len(classes)} class folder(s); "
+            f"expected <class>/<image> files with extensions {', '.join(IMG_EXTENSIONS)}"
+        )
+    if empty:
+        shown = ", ".join(f"'{folder / name}'" for name in empty[:3])
+        more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+        raise DatasetNotFoundError(
+            f"class folder {shown}{more} of '{folder}' holds no images (extensions "
+            f"{', '.join(IMG_EXTENSIONS)}), while the other {len(classes) - len(empty)} "
+            f"class folder(s) hold {len(samples)} images; add images or remove the empty folder"
+        )
     return classes, samples
 
 

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from distill.data.base import ImageDataModule
-from distill.data.decode import load_image_folder, pil_rgb, scan_folder
-from distill.data.errors import UnreadableImageError
+from distill.data.decode import class_folders, load_image_folder, pil_rgb, scan_folder
+from distill.data.errors import DatasetNotFoundError, UnreadableImageError
+from distill.data.splits import check_same_classes
 from distill.data.storage import FileSplit, TensorSplit
 
 __all__ = ["ImageFolderDataModule"]
@@ -64,6 +65,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.test_dir = test_dir or self.val_dir
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self._prepared: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+        self._layout_checked = False
 
     def _split_key(self, split: str) -> str:
         return {"train": self.train_dir, "val": self.val_dir, "test": self.test_dir}[split]
@@ -75,19 +77,64 @@ class ImageFolderDataModule(ImageDataModule):
         return scan_folder(self._folder(self.train_dir))[0]
 
     def _check_classes(self, key: str, classes: list[str]) -> None:
-        if classes != self.classes:
-            raise ValueError(
-                f"class folders of '{self._folder(key)}' ({len(classes)}) differ from those of "
-                f"'{self._folder(self.train_dir)}' ({len(self.classes)}); every split needs the "
-                "same class subfolders"
+        reference = str(self._folder(self.train_dir))
+        check_same_classes(reference, self.classes, str(self._folder(key)), classes)
+
+    def _split_options(self) -> dict[str, str]:
+        """Split folder -> the option that names it (a folder named twice: the first), train
+        first."""
+        folders: dict[str, str] = {}
+        for option in ("train_dir", "val_dir", "test_dir"):
+            folders.setdefault(getattr(self, option), option)
+        return folders
+
+    def _missing_folder(self, key: str, option: str) -> DatasetNotFoundError:
+        """The folder of a split is missing: say which option names it and what ``root`` holds."""
+        if not self.root.is_dir():
+            return DatasetNotFoundError(
+                f"data.root '{self.root}' does not exist; set data.root to a folder holding "
+                f"'{self.train_dir}/<class>/<image>' and '{self.val_dir}/<class>/<image>'"
             )
+        held = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
+        unused = [name for name in held if name not in self._split_options()]
+        fix = (
+            f"; set data.imagefolder.{option}={unused[0]}"
+            if len(unused) == 1
+            else f"; set data.imagefolder.{option} to one of {', '.join(unused)}"
+            if unused
+            else ""
+        )
+        return DatasetNotFoundError(
+            f"split folder '{self._folder(key)}' (data.imagefolder.{option}={key}) does not "
+            f"exist; '{self.root}' holds {', '.join(held) or 'no folders'}{fix}"
+        )
+
+    def _check_layout(self) -> None:
+        """Every split folder exists and holds the training split's class folders: checked from
+        folder names alone (cheap), before anything is decoded or trained."""
+        if self._layout_checked:
+            return
+        options = self._split_options()
+        for key, option in options.items():
+            if not self._folder(key).is_dir():
+                raise self._missing_folder(key, option)
+        for key in options:
+            self._check_classes(key, class_folders(self._folder(key)))
+        self._layout_checked = True
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the split folders (:meth:`_check_layout`), then load the splits of ``stage``."""
+        self._check_layout()
+        super().setup(stage)
 
     def prepare_data(self) -> None:
-        """Check the folders exist; with ``cache_dir`` and in-memory, build the decode cache.
+        """Check the folders exist and hold images; with ``cache_dir`` and in-memory, build the
+        decode cache.
 
         Runs on one process per node, so under DDP only one process decodes and writes the
         cache, and the others load it in ``setup``.
         """
+        self._check_layout()
         keys = dict.fromkeys([self.train_dir, self.val_dir, self.test_dir])
         for key in keys:
             scan_folder(self._folder(key))

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from distill.data.base import ImageDataModule
+from distill.data.splits import check_same_classes
 
 __all__ = ["StreamDataModule"]
 
@@ -68,6 +69,7 @@ class StreamDataModule(ImageDataModule):
         self.holdout_dir = holdout_dir
         self.test_dir = test_dir
         self.cache_dir = None if cache_dir is None else os.path.expanduser(cache_dir)
+        self._classes_checked = False
 
     @property
     def has_holdout(self) -> bool:
@@ -77,6 +79,20 @@ class StreamDataModule(ImageDataModule):
     def _split_key(self, split: str) -> str:
         val = self.holdout_dir if self.holdout_dir is not None else self.test_dir
         return {"train": self.train_dir, "val": val, "test": self.test_dir}[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check that every split has the training split's classes (from their ``distill.json``
+        alone), then load the splits of ``stage``: a test split with other classes is named
+        before anything trains, not when it is tested."""
+        if not self._classes_checked:
+            from distill.data.stream import read_meta
+
+            for key in dict.fromkeys(self._split_key(split) for split in ("val", "test")):
+                path = self._path(key)
+                classes = list(read_meta(path)["classes"])
+                check_same_classes(self._path(self.train_dir), self.classes, path, classes)
+            self._classes_checked = True
+        super().setup(stage)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -91,11 +107,8 @@ class StreamDataModule(ImageDataModule):
             from distill.data.stream import StreamSplit
 
             split = StreamSplit(self._path(key), self.image_size, self.cache_dir)  # type: ignore[arg-type]
-            if split.classes != self.classes:
-                raise ValueError(
-                    f"the classes of '{self._path(key)}' ({len(split.classes)}) differ from "
-                    f"those of '{self._path(self.train_dir)}' ({len(self.classes)})"
-                )
+            train = self._path(self.train_dir)
+            check_same_classes(train, self.classes, self._path(key), split.classes)
             self._check(key, split)
             self._stored[key] = split
         return self._stored[key]
