@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.callbacks import NonFiniteLossError
     from distill.data import DatasetNotFoundError, UnreadableImageError
+    from distill.interrupt import RunInterrupted
     from distill.models import WeightsError
     from distill.pipeline import train
 
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # found once the data is loaded (e.g. 1x1 maps at its size)
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except SIGTERMException:
-        return 128 + 15  # the resume hint was printed when the checkpoint was saved
+    except RunInterrupted as stopped:  # at a safe point; the message says how to continue
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
+    except SIGTERMException:  # Lightning's own (outside the run's stages)
+        return 128 + 15
     return 0
 
 
