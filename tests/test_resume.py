@@ -428,7 +428,8 @@ def test_a_resume_that_cannot_work_fails_before_moving_any_file(
     assert _hashes(run_dir) == before  # metrics.csv not renamed, nothing written
     out = run_cli(["--resume", str(run_dir)])
     assert out.returncode == 1
-    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert _hashes(run_dir) == before
 
 
