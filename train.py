@@ -43,14 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports only once the config is valid.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from distill.interrupt import RunInterrupted
     from distill.pipeline import train
 
     try:
         train(cfg, resume_dir=args.resume)
     except UserError as error:  # bad weights or data, NaN loss, a config found wrong late
         return report(error)
-    except SIGTERMException:
-        return 128 + 15  # the resume hint was printed when the checkpoint was saved
+    except RunInterrupted as stopped:  # at a safe point; the message says how to continue
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
+    except SIGTERMException:  # Lightning's own (outside the run's stages)
+        return 128 + 15
     return 0
 
 

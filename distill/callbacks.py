@@ -10,11 +10,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
+from distill import interrupt
 from distill.cam import GradCAMPlusPlus
 from distill.errors import UserError
 from distill.visualize import map_grid
@@ -22,6 +22,7 @@ from distill.visualize import map_grid
 __all__ = [
     "MapImageCallback",
     "FiniteLossGuard",
+    "INTERRUPTED",
     "InterruptCheckpoint",
     "LastCheckpoint",
     "NonFiniteLossError",
@@ -149,9 +150,26 @@ class FiniteLossGuard(Callback):
         )
 
 
+INTERRUPTED = "interrupted.ckpt"
+"""The checkpoint of a run stopped by SIGINT/SIGTERM between two batches of an epoch."""
+
+
+def _save_atomically(trainer: L.Trainer, path: Path) -> None:
+    """The trainer's full (resumable) state at ``path``; a kill during the write leaves the
+    previous file."""
+    partial = path.with_name(path.name + ".partial")
+    trainer.save_checkpoint(partial, weights_only=False)
+    if trainer.is_global_zero:
+        os.replace(partial, path)
+    trainer.strategy.barrier("atomic_checkpoint")
+
+
 class LastCheckpoint(Checkpoint):
     """``last.ckpt`` at the end of every training epoch (after its validation), whether or not
     validation improved, written atomically (a kill during the write leaves the previous file).
+    It records the epoch's validation metrics (``val_metrics``), so that a resumed stage with
+    nothing left to train still reports them. Writing it removes ``interrupted.ckpt``: that
+    state is older.
 
     Why not ``ModelCheckpoint(save_last=True)``: Lightning rewrites ``last.ckpt`` only when it
     saves a top-k checkpoint at the same step, so after a hard kill a resume could go back
@@ -164,44 +182,80 @@ class LastCheckpoint(Checkpoint):
         self.path = Path(dirpath) / "last.ckpt"
         self._saved_step = -1
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path and Path(trainer.ckpt_path).resolve() == self.path.resolve():
+            self._saved_step = trainer.global_step  # resumed from this very file: not rewritten
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
 
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict
+    ) -> None:
+        metrics = trainer.callback_metrics
+        checkpoint["val_metrics"] = {
+            k: float(v) for k, v in metrics.items() if k.startswith("val/")
+        }
+
     def save(self, trainer: L.Trainer) -> None:
         """Write the trainer's state to ``last.ckpt`` (once per global step)."""
         if trainer.global_step == self._saved_step:
             return
-        partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial, weights_only=False)  # full state: resumable
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)
-        trainer.strategy.barrier("last_checkpoint")
+        _save_atomically(trainer, self.path)
         self._saved_step = trainer.global_step
+        interrupted = self.path.with_name(INTERRUPTED)
+        if trainer.is_global_zero and interrupted.is_file():
+            interrupted.unlink()
 
 
-class InterruptCheckpoint(Callback):
-    """On Ctrl-C (SIGINT) or SIGTERM, save ``interrupted.ckpt`` so ``--resume`` can continue
-    mid-epoch; other exceptions (e.g. a NaN loss) save nothing, so no bad state is written."""
+class InterruptCheckpoint(Checkpoint):
+    """Stop a fit that SIGINT or SIGTERM asked to stop (:mod:`distill.interrupt`) at the next
+    point whose state resumes exactly:
 
-    def __init__(self, dirpath: str | Path, run_dir: str | Path) -> None:
+    - after a training batch that is not its epoch's last: save ``interrupted.ckpt``, from which
+      ``--resume`` continues with the very next batch;
+    - after the epoch's last batch: let the validation run and stop once ``last.ckpt`` is
+      written (this callback is ordered after :class:`LastCheckpoint`).
+
+    It takes the two signals over from Lightning while it trains and tests (Lightning's
+    SIGTERM handler would raise in the middle of validation). A second Ctrl-C stops at once
+    and saves nothing, as does any other exception: a resume then starts from ``last.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
         super().__init__()
-        self.path = Path(dirpath) / "interrupted.ckpt"
-        self.run_dir = Path(run_dir)
+        self.path = Path(dirpath) / INTERRUPTED
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        interrupt.take_over()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        interrupt.take_over()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        interrupt.take_over()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches or not interrupt.agreed(trainer):
+            return  # the epoch's last batch: validation and last.ckpt come first
+        _save_atomically(trainer, self.path)
+        raise interrupt.stop(f"saved {self.path}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if interrupt.agreed(trainer):
+            raise interrupt.stop(f"the epoch's end is saved in {self.path.with_name('last.ckpt')}")
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
-            return
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
-            return
-        trainer.save_checkpoint(self.path, weights_only=False)  # full state: resumable
-        if trainer.is_global_zero:
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
             print(
-                f"\ninterrupted ({type(exception).__name__}); saved {self.path}. "
-                f"Continue with: python train.py --resume {self.run_dir}",
+                "\nstopped at once (a second Ctrl-C): nothing was saved; --resume continues "
+                "from last.ckpt, the end of the last finished epoch",
                 flush=True,
             )

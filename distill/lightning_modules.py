@@ -122,7 +122,12 @@ class _ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_best"] = float(self.val_acc_best.max_value)
 
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, in one line, a checkpoint this module cannot continue from (a resume checks
+        this before it touches the run's files)."""
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint(checkpoint)
         best = checkpoint.get("val_acc_best", float("-inf"))
         self.val_acc_best.reset()
         if best > float("-inf"):
@@ -331,18 +336,20 @@ class DistillModule(_ClassificationModule):
             "name": self.hparams.teacher_name,
         }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         recorded = checkpoint.get("teacher")
-        if recorded is None:  # an older checkpoint that still holds the teacher's tensors
-            return
-        if recorded["sha256"] != self.teacher_sha256:
+        if recorded is not None and recorded["sha256"] != self.teacher_sha256:
             raise CheckpointError(
                 f"the teacher changed since this student checkpoint was written: it was distilled "
                 f"from {recorded['path']} with weights sha256 {recorded['sha256']}, but the "
                 f"teacher loaded now ({self.hparams.teacher_path}) has sha256 "
                 f"{self.teacher_sha256}; restore that teacher file or start a new run"
             )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # checks the teacher
+        if checkpoint.get("teacher") is None:  # an older checkpoint that holds the teacher
+            return
         # Verified identical: put the teacher's own tensors back so loading stays strict.
         teacher = self.distiller.teacher.state_dict()
         checkpoint["state_dict"].update({TEACHER_PREFIX + k: v for k, v in teacher.items()})

@@ -36,9 +36,10 @@ from distill.callbacks import (
 )
 from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
 from distill.compile import compile_classifier, compile_distiller
-from distill.config import stages_to_train
+from distill.config import ConfigError, load_config, stages_to_train
 from distill.console import quiet_lightning, warn_small_cam_layers
 from distill.data import SECTIONS, datamodule_from_config
+from distill.interrupt import RunInterrupted, agreed, handle_stop_signals, stop
 from distill.lightning_modules import ClassifierModule, DistillModule
 from distill.loggers import (
     build_loggers,
@@ -51,13 +52,8 @@ from distill.losses import ExplanationDistiller, LayerPair
 from distill.models import build_model
 from distill.models.weights import missing_file_error
 from distill.resolution import check_map_grids
-from distill.run_dir import (
-    RUN_DIR_ENV,
-    launched_worker,
-    make_run_dir,
-    resume_checkpoint,
-    write_run_files,
-)
+from distill.resume import changed_keys, check_resume_changes, finished, resume_checkpoint
+from distill.run_dir import RUN_DIR_ENV, launched_worker, make_run_dir, write_run_files
 from distill.teacher_cache import TeacherCache, open_or_build_teacher_cache
 
 __all__ = ["train", "make_run_dir", "RUN_DIR_ENV", "RunResult"]
@@ -119,7 +115,7 @@ def _checkpoints(stage_dir: Path, holdout: bool) -> list[L.Callback]:
 def _trainer(
     cfg: DictConfig, run_dir: Path, stage: str, epochs: int, callbacks: list, holdout: bool
 ) -> L.Trainer:
-    callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage, run_dir), *callbacks]
+    callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage), *callbacks]
     loggers, _ = build_loggers(cfg, run_dir, stage)
     options = OmegaConf.to_container(cfg.trainer)
     options.pop("compile")  # applied to the networks (distill/compile.py), not a Trainer argument
@@ -153,8 +149,15 @@ def _map_callback(cfg: DictConfig, dm: Any, run_dir: Path, stage: str) -> MapIma
 
 
 def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
-    """The last validation epoch's metrics (read before ``test`` replaces them)."""
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    """The last validation epoch's metrics (read before ``test`` replaces them). A resumed fit
+    with nothing left to train validates nothing: then those ``last.ckpt`` recorded."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if metrics:
+        return metrics
+    (last,) = (cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
+    if not last.path.is_file():
+        return {}
+    return torch.load(last.path, map_location="cpu", weights_only=True).get("val_metrics", {})
 
 
 def _fit_and_test(
@@ -173,7 +176,7 @@ def _fit_and_test(
     warn_small_cam_layers(
         {stage if k == "model" else k: m for k, m in models.items()}, dm.image_shape
     )
-    ckpt_path = resume_checkpoint(run_dir, stage, resume)
+    ckpt_path = resume_checkpoint(run_dir, stage, module) if resume else None
     holdout = dm.has_holdout
     trainer = _trainer(cfg, run_dir, stage, cfg[stage].epochs, callbacks, holdout)
     try:
@@ -513,7 +516,8 @@ def train(
     Args:
         cfg: a config from :func:`distill.config.load_config`.
         resume_dir: an earlier run directory to continue from its last (or interrupted)
-            checkpoints; a finished teacher stage is not repeated.
+            checkpoints, with the same config (see :func:`distill.resume.check_resume_changes`);
+            a finished stage is not repeated, and a finished run is left as it is.
         callbacks: extra Lightning callbacks for every stage.
         print_sync: print the ``wandb sync`` command for offline runs (a caller that runs
             ``train`` several times, such as ``compare``, prints one for all of them).
@@ -526,10 +530,15 @@ def train(
             created.
         ConfigError: a map loss on a 1x1 map grid at the data's image size (before it too).
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoints are kept).
+        RunInterrupted: SIGINT or SIGTERM stopped the run where its state is saved.
     """
     start = time.time()
     quiet_lightning()
     resume = resume_dir is not None
+    if resume:
+        done = _check_resume(cfg, Path(resume_dir))
+        if done is not None:
+            return done, RunResult(run_dir=Path(resume_dir))
     L.seed_everything(cfg.seed, workers=True)
     dm = _datamodule(cfg)
     pretrained_teacher = _check_inputs(cfg, dm, resume)
@@ -547,19 +556,26 @@ def train(
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.update({"name": cfg.name, "run_dir": str(run_dir)})
 
-    if "teacher" in stages_to_train(cfg) and not summary.get("teacher", {}).get("done"):
-        teacher = _train_teacher(cfg, dm, run_dir, result, resume, extra)
-        summary["teacher"] = teacher | {"done": True}
-        finish_wandb(result.trainers["teacher"], stage_summary(teacher))
-        if is_rank_zero:
-            summary_path.write_text(json.dumps(summary, indent=2))
-    if cfg.stage in ("student", "all"):
-        L.seed_everything(cfg.seed, workers=True)
-        student = _train_student(
-            cfg, dm, run_dir, result, resume, extra, summary, pretrained_teacher
-        )
-        summary["student"] = student | {"done": True}
-        finish_wandb(result.trainers["student"], stage_summary(student))
+    with handle_stop_signals():  # Ctrl-C, SIGTERM: stop where the state is saved
+        try:
+            if "teacher" in stages_to_train(cfg) and not summary.get("teacher", {}).get("done"):
+                teacher = _train_teacher(cfg, dm, run_dir, result, resume, extra)
+                summary["teacher"] = teacher | {"done": True}
+                finish_wandb(result.trainers["teacher"], stage_summary(teacher))
+                if is_rank_zero:
+                    summary_path.write_text(json.dumps(summary, indent=2))
+                if cfg.stage == "all" and agreed(result.trainers["teacher"]):
+                    raise stop("the teacher stage is done and saved, the student has not started")
+            if cfg.stage in ("student", "all"):
+                L.seed_everything(cfg.seed, workers=True)
+                student = _train_student(
+                    cfg, dm, run_dir, result, resume, extra, summary, pretrained_teacher
+                )
+                summary["student"] = student | {"done": True}
+                finish_wandb(result.trainers["student"], stage_summary(student))
+        except RunInterrupted as interrupted:
+            interrupted.run_dir = str(run_dir)  # the message says how to continue
+            raise
     summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + time.time() - start
     if is_rank_zero:
         summary_path.write_text(json.dumps(summary, indent=2))
@@ -568,3 +584,20 @@ def train(
             sync = offline_sync_command(run_dir, resumed=resume)  # every stage of this run
             print(f"wandb is offline; upload this run with: {sync}")
     return summary, result
+
+
+def _check_resume(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Before anything is read or written: refuse config changes that could change the run's
+    results; return the summary of a finished run (nothing to do, nothing rewritten), else None.
+    """
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+    check_resume_changes(changed_keys(load_config(str(saved)), cfg))
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if not finished(cfg, summary):
+        return None
+    if not launched_worker():
+        print(f"{run_dir} is finished: nothing to resume, no file was changed", flush=True)
+    return summary

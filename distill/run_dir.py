@@ -1,5 +1,5 @@
 """Run directories: one fresh folder per run (shared by the processes of a DDP or SLURM job),
-the files that say what ran in it, and the checkpoint a ``--resume`` continues from."""
+and the files that say what ran in it (``--resume``: distill/resume.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.config import ConfigError
 
-__all__ = ["RUN_DIR_ENV", "launched_worker", "make_run_dir", "resume_checkpoint", "write_run_files"]
+__all__ = ["RUN_DIR_ENV", "launched_worker", "make_run_dir", "write_run_files"]
 
 RUN_DIR_ENV = "DISTILL_RUN_DIR"
 """Set by rank 0 so that processes started by a DDP launcher write into the same run."""
@@ -108,26 +108,3 @@ def write_run_files(cfg: DictConfig, run_dir: Path) -> None:
         "lightning": L.__version__,
     }
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-
-
-def keep_previous_logs(run_dir: Path, stage: str) -> None:
-    """A resumed stage starts a new metrics.csv; keep the interrupted attempt's beside it."""
-    metrics = run_dir / stage / "metrics.csv"
-    if metrics.is_file():
-        attempt = 1
-        while (run_dir / stage / f"metrics.attempt{attempt}.csv").exists():
-            attempt += 1
-        metrics.rename(run_dir / stage / f"metrics.attempt{attempt}.csv")
-
-
-def resume_checkpoint(run_dir: Path, stage: str, resume: bool) -> str | None:
-    """The newest of ``last.ckpt`` (epoch ends) and ``interrupted.ckpt`` (Ctrl-C, SIGTERM)."""
-    if not resume:
-        return None
-    candidates = [run_dir / stage / name for name in ("last.ckpt", "interrupted.ckpt")]
-    existing = [path for path in candidates if path.is_file()]
-    if not existing:
-        return None
-    if not launched_worker():
-        keep_previous_logs(run_dir, stage)
-    return str(max(existing, key=lambda path: path.stat().st_mtime))

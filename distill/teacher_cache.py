@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from distill import interrupt
 from distill.errors import UserError
 from distill.losses.distiller import ExplanationDistiller, TeacherOutputs
 from distill.run_dir import launched_worker
@@ -310,6 +311,10 @@ class _TeacherCacheWriter(L.LightningModule):
         images, labels, index = batch[0], batch[1], batch[-1]
         outputs = self.distiller.teacher_outputs(images, labels)  # grad only where maps need it
         self.cache.write(self.current_epoch, index, outputs)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if interrupt.agreed(self.trainer):  # SIGINT/SIGTERM: an unfinished cache is rebuilt
+            raise interrupt.stop("the teacher cache was not finished (a resume builds it again)")
 
     def on_train_epoch_end(self) -> None:
         self.trainer.strategy.barrier()  # every rank has written its shard

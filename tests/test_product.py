@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -154,26 +155,40 @@ def _break_teacher(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
-def test_student_run_resumes_and_refuses_a_changed_teacher(tiny_overrides, tmp_path, monkeypatch):
-    _, _, run_dir = _train(tiny_overrides)
-    config = str(run_dir / "config.yaml")
-    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-    summary, result = train(load_config(config, ["student.epochs=2"]), resume_dir=run_dir)
-    assert summary["student"]["epochs"] == 2
-    last = run_dir / "student" / "last.ckpt"
-    assert torch.equal(_logits(load_model(last)), _logits(result.student.eval()))
-    assert "teacher" in torch.load(last, map_location="cpu", weights_only=True)
+class _CrashInStudentEpoch1(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if "distiller" in dict(pl_module.named_children()) and trainer.current_epoch == 1:
+            raise RuntimeError("crash")
 
+
+def test_student_run_resumes_and_refuses_a_changed_teacher(tiny_overrides, tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="crash"):
+        train(
+            load_config("quickstart", [*tiny_overrides, "student.epochs=2"]),
+            callbacks=[_CrashInStudentEpoch1()],
+        )
+    (run_dir,) = (tmp_path / "runs" / "quickstart").iterdir()
+    config = str(run_dir / "config.yaml")
+    last = run_dir / "student" / "last.ckpt"
     before = last.read_bytes()
-    teacher = Path(summary["teacher"]["checkpoint"])
+    teacher = run_dir / "teacher" / "best.ckpt"
+    kept = teacher.read_bytes()
     recorded = weights_sha256(load_model(teacher))
     _break_teacher(teacher)
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     with pytest.raises(CheckpointError, match="teacher changed") as info:
-        train(load_config(config, ["student.epochs=3"]), resume_dir=run_dir)
+        train(load_config(config), resume_dir=run_dir)
     assert recorded in str(info.value)
     assert weights_sha256(load_model(teacher)) in str(info.value)
     assert last.read_bytes() == before  # nothing trained on the wrong teacher
+
+    teacher.write_bytes(kept)
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    summary, result = train(load_config(config), resume_dir=run_dir)
+    assert summary["student"]["epochs"] == 2
+    selected = summary["student"]["checkpoint"]  # the weights the test loaded last
+    assert torch.equal(_logits(load_model(selected)), _logits(result.student.eval()))
+    assert "teacher" in torch.load(last, map_location="cpu", weights_only=True)
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
 
 

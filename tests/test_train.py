@@ -7,6 +7,7 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -108,15 +109,24 @@ def test_two_stages_write_a_complete_run_directory(tiny_overrides, tmp_path, mon
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
 
 
+class _CrashInStudentEpoch1(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if "distiller" in dict(pl_module.named_children()) and trainer.current_epoch == 1:
+            raise RuntimeError("crash")
+
+
 def test_resume_continues_the_student_and_skips_the_done_teacher(
     tiny_overrides, tmp_path, monkeypatch
 ):
-    train(load_config("quickstart", tiny_overrides))
+    with pytest.raises(RuntimeError, match="crash"):
+        train(
+            load_config("quickstart", [*tiny_overrides, "student.epochs=2"]),
+            callbacks=[_CrashInStudentEpoch1()],
+        )
     run_dir = _only_run_dir(tmp_path / "runs")
     teacher_ckpt = (run_dir / "teacher" / "best.ckpt").stat().st_mtime
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-    cfg = load_config(str(run_dir / "config.yaml"), ["student.epochs=2"])
-    summary, _ = train(cfg, resume_dir=run_dir)
+    summary, _ = train(load_config(str(run_dir / "config.yaml")), resume_dir=run_dir)
     assert summary["student"]["epochs"] == 2
     # The first attempt's metrics are kept beside the resumed ones.
     assert (run_dir / "student" / "metrics.attempt1.csv").is_file()
