@@ -29,6 +29,7 @@ from distill.cam import GradCAMPlusPlus
 from distill.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
 from distill.config import ConfigError, load_config
 from distill.errors import UserError, report
+from distill.interrupt import RunInterrupted
 from distill.metrics import (
     AverageDrop,
     EnergyPointingGame,
@@ -342,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, out = compare(args.config, args.overrides, seeds, methods, sweep, args.cache)
     except UserError as error:  # bad weights or data, a NaN loss, a config found wrong late
         return report(error)
+    except RunInterrupted as stopped:  # Ctrl-C or SIGTERM, at a safe point of the current run
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
     print(f"\n{summarize(rows)}\n\n{PROTOCOL_NOTE}\n\nwritten to {out}")
     return 0
 
