@@ -4,8 +4,25 @@ A student learns from a teacher through labels, soft logits (Hinton KD) and the 
 Grad-CAM++ explanation maps, computed by a batched, differentiable layer.
 """
 
-from distill import cam
-from distill.cam import GradCAM, GradCAMPlusPlus, capture_activations, gradcam, gradcam_pp
+from distill import cam  # the subpackage; its CAM function is distill.cam.cam
+from distill.cam import (
+    CAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+    capture_activations,
+    eigencam,
+    gradcam,
+    gradcam_elementwise,
+    gradcam_pp,
+    hirescam,
+    layercam,
+    xgradcam,
+)
 from distill.checkpoints import CheckpointError, load_model, weights_sha256
 from distill.export import export_model
 from distill.losses import (
@@ -26,29 +43,40 @@ from distill.teacher_cache import TeacherCache, TeacherCacheError
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAM",
     "AttentionTransferLoss",
     "CheckpointError",
     "DistillOutput",
+    "EigenCAM",
     "ExplanationDistiller",
     "ExplanationMatchingLoss",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "HiResCAM",
     "KDLoss",
+    "LayerCAM",
     "LayerPair",
     "TeacherCache",
     "TeacherCacheError",
     "TeacherOutputs",
     "WeightsError",
+    "XGradCAM",
     "attention_transfer",
     "build_model",
     "cam",
     "capture_activations",
+    "eigencam",
     "explanation_matching",
     "export_model",
     "gradcam",
+    "gradcam_elementwise",
     "gradcam_pp",
+    "hirescam",
     "kd_loss",
+    "layercam",
     "list_models",
     "load_model",
     "weights_sha256",
+    "xgradcam",
 ]
