@@ -153,7 +153,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> st
         fns[f"distill/{method}"] = lambda c=cam: distill_maps(c, images, targets)
         for peer, (names, make) in others.items():
             if method in names:
-                fns[f"{peer}/{method}"] = lambda fn=make(method): fn(model, images, targets)
+                run = make(method)
+                fns[f"{peer}/{method}"] = lambda fn=run: fn(model, images, targets)
     timings = measure_interleaved(fns, repeats=args.repeats, warmup=1, device=device)
 
     header = ["method", "distill", "cost beyond forward"]

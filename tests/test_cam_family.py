@@ -225,7 +225,9 @@ def test_closed_form_equals_autograd(name, model_name):
     autograd = fn(acts, logits, targets, layout=layout)
     closed_form = fn(acts, logits, targets, layout=layout, **closed)
     assert autograd.shape == (4, 8, 8) and autograd.amax() > 0
-    torch.testing.assert_close(closed_form, autograd, rtol=1e-4, atol=1e-5 * float(autograd.detach().amax()))
+    torch.testing.assert_close(
+        closed_form, autograd, rtol=1e-4, atol=1e-5 * float(autograd.detach().amax())
+    )
 
 
 @pytest.mark.parametrize("model_name", ["wrn_16_1", "vit_tiny_p4_32"])
