@@ -1,7 +1,8 @@
 """Inference wrappers: ``cam(images, targets=None) -> [B, H, W]`` maps for a model and a layer.
 
 They share the functional core of :mod:`distill.cam.functional`; a subclass only names its
-:class:`~distill.cam.functional.MapRule`. The model's train/eval mode is left as it was and no hook outlives a call.
+:class:`~distill.cam.functional.MapRule`. The model's train/eval mode is left as it was and no
+hook outlives a call.
 Vision transformers built by :func:`distill.models.build_model` work the same way: their token
 layout (prefix tokens, patch grid at the input's size) comes from the model, and the maps have
 the token grid's size.

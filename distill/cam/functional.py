@@ -6,9 +6,9 @@ whole batch, or a closed form when the layer feeds straight into global-average-
 linear classifier), combine activations and gradients into a map, and return its relu. The
 methods differ only in their :class:`MapRule`: how they combine (most through one weight per
 channel, ``relu(sum_k w_k A_k)``) and which gradient they need (the score's, only the
-classifier's rows, or none). The other methods of the family live in :mod:`distill.cam.methods`. Token layers of
-vision transformers go through the same core once a :class:`~distill.cam.tokens.TokenLayout`
-says how their tokens form a grid; a token-average head (mean of the patch tokens, an optional
+classifier's rows, or none). The rest of the family is in :mod:`distill.cam.methods`. Token
+layers of vision transformers go through the same core once a
+:class:`~distill.cam.tokens.TokenLayout` says how their tokens form a grid; a token-average head (mean of the patch tokens, an optional
 norm, a linear classifier) has its own closed form: one vector-Jacobian product through the norm.
 
 Everything stays in torch, on the activations' device; alphas and weights are computed in
