@@ -4,8 +4,25 @@ A student learns from a teacher through labels, soft logits (Hinton KD) and the 
 Grad-CAM++ explanation maps, computed by a batched, differentiable layer.
 """
 
-from distill import cam
-from distill.cam import GradCAM, GradCAMPlusPlus, capture_activations, gradcam, gradcam_pp
+from distill import cam  # the subpackage; its CAM function is distill.cam.cam
+from distill.cam import (
+    CAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+    capture_activations,
+    eigencam,
+    gradcam,
+    gradcam_elementwise,
+    gradcam_pp,
+    hirescam,
+    layercam,
+    xgradcam,
+)
 from distill.checkpoints import CheckpointError, load_model, weights_sha256
 from distill.errors import UserError
 from distill.losses import (
@@ -40,30 +57,41 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CAM",
     "AttentionTransferLoss",
     "CheckpointError",
     "DistillOutput",
+    "EigenCAM",
     "ExplanationDistiller",
     "ExplanationMatchingLoss",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "HiResCAM",
     "KDLoss",
+    "LayerCAM",
     "LayerPair",
     "TeacherCache",
     "TeacherCacheError",
     "TeacherOutputs",
     "UserError",
     "WeightsError",
+    "XGradCAM",
     "attention_transfer",
     "build_model",
     "cam",
     "capture_activations",
+    "eigencam",
     "explanation_matching",
     "export_model",
     "gradcam",
+    "gradcam_elementwise",
     "gradcam_pp",
+    "hirescam",
     "kd_loss",
+    "layercam",
     "list_models",
     "load_model",
     "weights_sha256",
+    "xgradcam",
 ]

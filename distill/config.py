@@ -193,7 +193,7 @@ class LossConfig:
     kd_weight: float = 0.9
     temperature: float = 4.0
     map_weight: float = 0.01
-    map_method: str = "gradcam_pp"
+    map_method: str = "gradcam_pp"  # any of distill.cam.CAM_METHODS; cam: pooled layer only
     map_target: str = "label"
     map_normalize: str = "none"
     map_distance: str = "squared_l2"

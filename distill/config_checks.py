@@ -173,6 +173,7 @@ def _validate_models(cfg: DictConfig) -> None:
                     resolve_layer(models[role], pair[role])
                 except ValueError as error:
                     raise ConfigError(f"loss.{key}[{i}].{role}: {error}") from None
+    _validate_cam_layers(cfg, models)
     size = OmegaConf.select(cfg, "data.image_size", default=None)
     if size:  # else the size is known once the data is loaded; the run checks it then
         from distill.resolution import check_map_grids
@@ -180,6 +181,25 @@ def _validate_models(cfg: DictConfig) -> None:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         check_map_grids(cfg, (3, int(height), int(width)))
     _warn_compile_fallback(cfg, models["student"])
+
+
+def _validate_cam_layers(cfg: DictConfig, models: dict[str, Any]) -> None:
+    """``loss.map_method=cam`` exists only at layers that feed the models' pooled heads."""
+    from distill.cam import CAM_RULES, pooled_head
+
+    if CAM_RULES[cfg.loss.map_method].gradient != "classifier" or cfg.stage == "teacher":
+        return
+    pairs = cfg.loss.map_layers or [
+        {role: getattr(models[role], "cam_layer", "") for role in models}
+    ]
+    for role in ("teacher", "student"):
+        for pair in pairs:
+            if not cfg.loss.map_closed_form or pooled_head(models[role], pair[role]) is None:
+                raise ConfigError(
+                    f"loss.map_method={cfg.loss.map_method} needs the {role}'s pooled-head layer "
+                    f"and loss.map_closed_form=true; {pair[role]!r} does not qualify: choose "
+                    "another method"
+                )
 
 
 def _warn_compile_fallback(cfg: DictConfig, student: Any) -> None:

@@ -1,4 +1,5 @@
-"""The explanation layer: batched, differentiable Grad-CAM and Grad-CAM++ maps."""
+"""The explanation layer: batched, differentiable class activation maps (Grad-CAM, Grad-CAM++,
+XGrad-CAM, LayerCAM, HiResCAM, Grad-CAM element-wise, CAM, Eigen-CAM)."""
 
 from distill.cam.capture import (
     PooledHead,
@@ -7,8 +8,20 @@ from distill.cam.capture import (
     pooled_linear_classifier,
     resolve_layer,
 )
-from distill.cam.explainers import BaseCAM, GradCAM, GradCAMPlusPlus
+from distill.cam.explainers import (
+    CAM,
+    BaseCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
 from distill.cam.functional import (
+    MapRule,
+    channel_weighted,
     gradcam,
     gradcam_pp,
     gradcam_pp_weights,
@@ -16,6 +29,19 @@ from distill.cam.functional import (
     minmax_normalize,
     resize_maps,
     select_targets,
+)
+from distill.cam.methods import (
+    CAM_METHODS,
+    CAM_RULES,
+    cam,
+    cam_weights,
+    eigencam,
+    eigencam_projection,
+    gradcam_elementwise,
+    hirescam,
+    layercam,
+    xgradcam,
+    xgradcam_weights,
 )
 from distill.cam.tokens import (
     TokenLayout,
@@ -25,21 +51,34 @@ from distill.cam.tokens import (
     twice_differentiable,
 )
 
-CAM_METHODS = {"gradcam": gradcam, "gradcam_pp": gradcam_pp}
-"""Map functions by the names configs use."""
-
 __all__ = [
+    "CAM",
     "CAM_METHODS",
+    "CAM_RULES",
     "BaseCAM",
+    "EigenCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "MapRule",
     "PooledHead",
     "TokenLayout",
+    "XGradCAM",
+    "cam",
+    "cam_weights",
     "capture_activations",
+    "channel_weighted",
+    "eigencam",
+    "eigencam_projection",
     "gradcam",
+    "gradcam_elementwise",
     "gradcam_pp",
     "gradcam_pp_weights",
     "gradcam_weights",
+    "hirescam",
+    "layercam",
     "map_grid",
     "minmax_normalize",
     "pooled_head",
@@ -50,4 +89,6 @@ __all__ = [
     "token_layout",
     "tokens_to_grid",
     "twice_differentiable",
+    "xgradcam",
+    "xgradcam_weights",
 ]

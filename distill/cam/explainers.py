@@ -1,7 +1,8 @@
 """Inference wrappers: ``cam(images, targets=None) -> [B, H, W]`` maps for a model and a layer.
 
 They share the functional core of :mod:`distill.cam.functional`; a subclass only names its
-channel weights. The model's train/eval mode is left as it was and no hook outlives a call.
+:class:`~distill.cam.functional.MapRule`. The model's train/eval mode is left as it was and no
+hook outlives a call.
 Vision transformers built by :func:`distill.models.build_model` work the same way: their token
 layout (prefix tokens, patch grid at the input's size) comes from the model, and the maps have
 the token grid's size.
@@ -12,11 +13,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from distill.cam import methods
 from distill.cam.capture import capture_activations, pooled_head, resolve_layer
-from distill.cam.functional import _class_activation_map, gradcam_pp_weights, gradcam_weights
+from distill.cam.functional import GRADCAM, GRADCAM_PP, MapRule, _class_activation_map
 from distill.cam.tokens import token_layout
 
-__all__ = ["BaseCAM", "GradCAM", "GradCAMPlusPlus"]
+__all__ = [
+    "CAM",
+    "BaseCAM",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "XGradCAM",
+]
 
 
 class BaseCAM:
@@ -28,9 +40,8 @@ class BaseCAM:
         target_layer: submodule name as in ``model.named_modules()``.
     """
 
-    @staticmethod
-    def channel_weights(activations: Tensor, grads: Tensor) -> Tensor:
-        raise NotImplementedError("BaseCAM subclasses define channel_weights(activations, grads)")
+    rule: MapRule
+    """The method (a subclass sets it)."""
 
     def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
         target_layer = target_layer or getattr(model, "cam_layer", None)
@@ -39,6 +50,11 @@ class BaseCAM:
                 f"{type(model).__name__} has no cam_layer attribute: pass target_layer"
             )
         resolve_layer(model, target_layer)
+        if self.rule.gradient == "classifier" and pooled_head(model, target_layer) is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the layer that feeds the pooled linear head; "
+                f"{type(model).__name__} has none at {target_layer!r}"
+            )
         self.model = model
         self.target_layer = target_layer
 
@@ -52,15 +68,15 @@ class BaseCAM:
         """Detached maps and the ``[B, C]`` scores of the same forward pass, for callers that
         also need the prediction (no second forward)."""
         head = pooled_head(self.model, self.target_layer)
-        closed_form = head is not None
-        # Closed form: no graph at all. Autograd path: cut the graph at the layer, since only
-        # the part after it is needed for the gradient.
-        grad_mode = torch.no_grad() if closed_form else torch.enable_grad()
-        capture = capture_activations(self.model, [self.target_layer], detach=not closed_form)
+        autograd = self.rule.gradient == "score" and head is None
+        # Closed form or no gradient: no graph at all. Autograd path: cut the graph at the
+        # layer, since only the part after it is needed for the gradient.
+        grad_mode = torch.enable_grad() if autograd else torch.no_grad()
+        capture = capture_activations(self.model, [self.target_layer], detach=autograd)
         with capture as acts, grad_mode:
             scores = self.model(images)
         maps = _class_activation_map(
-            self.channel_weights,
+            self.rule,
             acts[self.target_layer],
             scores,
             targets,
@@ -78,7 +94,7 @@ class BaseCAM:
 class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al.): channel weights are the mean gradient."""
 
-    channel_weights = staticmethod(gradcam_weights)
+    rule = GRADCAM
 
 
 class GradCAMPlusPlus(BaseCAM):
@@ -92,4 +108,48 @@ class GradCAMPlusPlus(BaseCAM):
         torch.Size([2, 8, 8])
     """
 
-    channel_weights = staticmethod(gradcam_pp_weights)
+    rule = GRADCAM_PP
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM (Fu et al.): activation-weighted mean gradient per channel."""
+
+    rule = methods.XGRADCAM
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM (Draelos and Carin): gradient times activation, summed over channels."""
+
+    rule = methods.HIRESCAM
+
+
+class GradCAMElementWise(BaseCAM):
+    """Grad-CAM element-wise: relu of gradient times activation, summed over channels."""
+
+    rule = methods.ELEMENTWISE
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM (Jiang et al.), one layer: positive gradient times activation."""
+
+    rule = methods.LAYERCAM
+
+
+class CAM(BaseCAM):
+    """CAM (Zhou et al.): the classifier's weights; only at the layer feeding the pooled head.
+
+    Example:
+        >>> import torch
+        >>> from distill.models import build_model
+        >>> model = build_model("wrn_16_1", num_classes=10).eval()
+        >>> CAM(model)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 8, 8])
+    """
+
+    rule = methods.CAM
+
+
+class EigenCAM(BaseCAM):
+    """Eigen-CAM: first principal component of the activations; no gradient, no class."""
+
+    rule = methods.EIGENCAM

@@ -1,12 +1,14 @@
-"""Batched, differentiable Grad-CAM and Grad-CAM++ maps.
+"""Batched, differentiable class activation maps: the shared core, Grad-CAM and Grad-CAM++.
 
-Both methods share one core (:func:`_class_activation_map`): pick the target class per sample,
+Every method shares one core (:func:`_class_activation_map`): pick the target class per sample,
 get the gradient of its score with respect to the layer's activations (one autograd call for the
 whole batch, or a closed form when the layer feeds straight into global-average-pooling and a
-linear classifier), turn activations and gradients into one weight per channel, and return
-``relu(sum_k w_k A_k)``. The methods differ only in their channel weights. Token layers of
-vision transformers go through the same core once a :class:`~distill.cam.tokens.TokenLayout`
-says how their tokens form a grid; a token-average head (mean of the patch tokens, an optional
+linear classifier), combine activations and gradients into a map, and return its relu. The
+methods differ only in their :class:`MapRule`: how they combine (most through one weight per
+channel, ``relu(sum_k w_k A_k)``) and which gradient they need (the score's, only the
+classifier's rows, or none). The rest of the family is in :mod:`distill.cam.methods`. Token
+layers of vision transformers go through the same core once a
+:class:`~distill.cam.tokens.TokenLayout` says how their tokens form a grid; a token-average head (mean of the patch tokens, an optional
 norm, a linear classifier) has its own closed form: one vector-Jacobian product through the norm.
 
 Everything stays in torch, on the activations' device; alphas and weights are computed in
@@ -16,6 +18,8 @@ float32 whatever the activations' dtype.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +28,8 @@ from torch.func import functional_call
 from distill.cam.tokens import TokenLayout, tokens_to_grid
 
 __all__ = [
+    "MapRule",
+    "channel_weighted",
     "gradcam",
     "gradcam_pp",
     "gradcam_weights",
@@ -34,6 +40,36 @@ __all__ = [
 ]
 
 ChannelWeights = Callable[[Tensor, Tensor], Tensor]
+"""``(activations [B, K, H, W], grads [B, K, H, W] or [B, K, 1, 1]) -> [B, K]`` weights."""
+MapCombination = Callable[[Tensor, Tensor | None], Tensor]
+"""``(activations, grads or None) -> [B, H, W]`` maps before the final relu (float32 or more)."""
+
+Gradient = Literal["score", "classifier", "none"]
+
+
+@dataclass(frozen=True)
+class MapRule:
+    """What one method of the family is, for the shared core.
+
+    Attributes:
+        combine: activations and gradients to a ``[B, H, W]`` map before the final relu.
+        gradient: ``"score"``: the gradient of the target score (closed form at a pooled head,
+            else autograd); ``"classifier"``: only the pooled head's closed form (CAM: no
+            gradient exists to fall back on); ``"none"``: no gradient, no target (Eigen-CAM).
+    """
+
+    combine: MapCombination
+    gradient: Gradient = "score"
+
+
+def channel_weighted(weights: ChannelWeights) -> MapCombination:
+    """The combination ``sum_k w_k A_k`` of a method defined by its channel weights."""
+
+    def combine(activations: Tensor, grads: Tensor | None) -> Tensor:
+        return torch.einsum("bk,bkhw->bhw", weights(activations, grads), activations)
+
+    combine.__doc__ = f"``sum_k w_k A_k`` with ``w`` = :func:`{weights.__name__}`."
+    return combine
 
 
 def _upcast(tensor: Tensor) -> Tensor:
@@ -97,6 +133,10 @@ def gradcam_pp_weights(activations: Tensor, grads: Tensor) -> Tensor:
     # A spatially constant gradient given as [B, K, 1, 1] stands for H*W equal terms.
     spatial_repeat = (acts.shape[2] * acts.shape[3]) // (g.shape[2] * g.shape[3])
     return weights * spatial_repeat
+
+
+GRADCAM = MapRule(channel_weighted(gradcam_weights))
+GRADCAM_PP = MapRule(channel_weighted(gradcam_pp_weights))
 
 
 def select_targets(scores: Tensor, targets: Tensor | None) -> Tensor:
@@ -186,7 +226,7 @@ def _autograd_grads(
 
 
 def _class_activation_map(
-    weight_fn: ChannelWeights,
+    rule: MapRule,
     activations: Tensor,
     scores: Tensor,
     targets: Tensor | None,
@@ -203,6 +243,11 @@ def _class_activation_map(
         )
     if head_norm is not None and classifier_weight is None:
         raise ValueError("head_norm belongs to the closed form: pass classifier_weight too")
+    if rule.gradient == "classifier" and classifier_weight is None:
+        raise ValueError(
+            "CAM needs classifier_weight: it is defined only at a layer that feeds global "
+            "average pooling and a linear classifier (the model's pooled head)"
+        )
     if activations.shape[0] != scores.shape[0]:
         raise ValueError(
             f"activations ({activations.shape[0]}) and scores ({scores.shape[0]}) "
@@ -211,15 +256,17 @@ def _class_activation_map(
     targets = select_targets(scores, targets)
     with torch.enable_grad():
         grid = tokens_to_grid(activations, layout)
-        if classifier_weight is not None:
+        grads = None
+        if rule.gradient != "none" and classifier_weight is not None:
             grads = _closed_form_grads(grid, classifier_weight, targets, head_norm, create_graph)
-        else:
+        elif rule.gradient != "none":
             raw = _autograd_grads(activations, scores, targets, create_graph)
             grads = tokens_to_grid(raw, layout)
-        # Weights and the weighted sum stay in float32 even inside an autocast region.
+        if grads is not None:
+            grads = _upcast(grads)
+        # The combination stays in float32 even inside an autocast region.
         with torch.autocast(grid.device.type, enabled=False):
-            weights = weight_fn(grid, grads)
-            maps = torch.einsum("bk,bkhw->bhw", weights, _upcast(grid))
+            maps = rule.combine(_upcast(grid), grads)
         return torch.relu(maps)
 
 
@@ -266,7 +313,7 @@ def gradcam_pp(
         torch.Size([2, 6, 6])
     """
     return _class_activation_map(
-        gradcam_pp_weights,
+        GRADCAM_PP,
         activations,
         scores,
         targets,
@@ -297,7 +344,7 @@ def gradcam(
         torch.Size([2, 3, 3])
     """
     return _class_activation_map(
-        gradcam_weights,
+        GRADCAM,
         activations,
         scores,
         targets,

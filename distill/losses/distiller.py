@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from distill.cam import (
     CAM_METHODS,
+    CAM_RULES,
     PooledHead,
     capture_activations,
     pooled_head,
@@ -122,7 +123,10 @@ class ExplanationDistiller(nn.Module):
             disables it).
         temperature: KD temperature.
         map_weight: weight of the map-matching loss (0 disables it during training).
-        map_method: ``gradcam_pp`` or ``gradcam``.
+        map_method: a name of :data:`distill.cam.CAM_METHODS` (``gradcam_pp``, ``gradcam``,
+            ``xgradcam``, ``layercam``, ``hirescam``, ``gradcam_elementwise``, ``cam``,
+            ``eigencam``). ``cam`` only at layers that feed the pooled head (refused elsewhere);
+            ``eigencam`` is class-agnostic (``map_target`` does not change it).
         map_layers: ``(student_layer, teacher_layer, weight)`` pairs; default: the two models'
             ``cam_layer`` with weight 1.
         map_target: class the maps explain: ``label`` (ground truth, the paper) or ``teacher``
@@ -199,8 +203,28 @@ class ExplanationDistiller(nn.Module):
         for pair in self.map_layers + self.at_layers:
             resolve_layer(student, pair.student)
             resolve_layer(teacher, pair.teacher)
+        if CAM_RULES[map_method].gradient == "classifier":
+            self._check_pooled_layers(map_method)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+
+    def _check_pooled_layers(self, map_method: str) -> None:
+        """CAM exists only at a layer that feeds the pooled linear head: refuse other layers."""
+        for pair in self.map_layers:
+            for role, model, layer in (
+                ("student", self.student, pair.student),
+                ("teacher", self.teacher, pair.teacher),
+            ):
+                if self._head(model, layer) is None:
+                    reason = (
+                        "map_closed_form is off"
+                        if not self.map_closed_form
+                        else f"its layer {layer!r} does not feed its pooled linear head"
+                    )
+                    raise ValueError(
+                        f"map_method={map_method!r} needs the {role}'s pooled-head layer, but "
+                        f"{reason}: use another method or map the pooled layer"
+                    )
 
     @staticmethod
     def _cam_layer(model: nn.Module, role: str) -> str:
@@ -222,9 +246,13 @@ class ExplanationDistiller(nn.Module):
         """The pooled head that enables the closed form at ``layer``, if any."""
         return pooled_head(model, layer) if self.map_closed_form else None
 
+    def _map_needs_autograd(self, model: nn.Module, layer: str) -> bool:
+        """A method that uses the score's gradient, at a layer without the closed form."""
+        return CAM_RULES[self.map_method].gradient == "score" and self._head(model, layer) is None
+
     def _teacher_needs_autograd(self, with_maps: bool) -> bool:
         return with_maps and any(
-            self._head(self.teacher, pair.teacher) is None for pair in self.map_layers
+            self._map_needs_autograd(self.teacher, pair.teacher) for pair in self.map_layers
         )
 
     @property
@@ -238,7 +266,7 @@ class ExplanationDistiller(nn.Module):
     def student_maps_need_grad(self) -> bool:
         """Whether student maps need autograd (then run under ``torch.enable_grad()``, also in
         validation); False when every student map layer has the closed form."""
-        return any(self._head(self.student, p.student) is None for p in self.map_layers)
+        return any(self._map_needs_autograd(self.student, p.student) for p in self.map_layers)
 
     def _maps(
         self,
