@@ -43,6 +43,8 @@ COLUMNS = [
     ("val_map_similarity", "map similarity", 1),
     ("average_drop", "avg drop % (lower better)", 1),
     ("increase_in_confidence", "increase in conf. %", 1),
+    ("deletion_auc", "deletion AUC % (lower better)", 100),
+    ("insertion_auc", "insertion AUC % (higher better)", 100),
     ("win_vs_ce", "win % vs CE", 1),
     ("localization", "Loc(0.5)", 1),
     ("energy_pointing", "energy pointing", 1),

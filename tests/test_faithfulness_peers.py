@@ -372,3 +372,60 @@ def test_road_refuses_bad_options(batch, kwargs, message):
     model, images, maps = batch
     with pytest.raises(ValueError, match=message):
         road_scores(model, images, maps, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Beside Average Drop: the comparison's table and the validation logs
+# --------------------------------------------------------------------------------------------
+
+
+def _wrn_and_images():
+    from distill.models import get_model
+
+    torch.manual_seed(4)
+    return get_model("wrn_16_1", num_classes=5).eval(), torch.randn(6, 3, 16, 16)
+
+
+def test_compare_reports_deletion_and_insertion_of_the_predicted_class():
+    from types import SimpleNamespace
+
+    from distill.cam import GradCAMPlusPlus
+    from distill.compare import evaluate_student
+    from distill.compare_report import COLUMNS
+
+    model, images = _wrn_and_images()
+    dm = SimpleNamespace(
+        fixed_batch=lambda n, split: (images, torch.zeros(len(images), dtype=torch.long)),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    metrics, _ = evaluate_student(model, dm, batch_size=4)  # two batches: 4 + 2
+    maps, scores = GradCAMPlusPlus(model).maps_and_scores(images)
+    expected = {
+        "deletion_auc": deletion_auc(model, images, maps, scores.argmax(1)),
+        "insertion_auc": insertion_auc(model, images, maps, scores.argmax(1)),
+    }
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(float(value), abs=1e-5), key
+        assert key in [column for column, _, _ in COLUMNS]
+    assert metrics["deletion_auc"] != metrics["insertion_auc"]
+
+
+def test_validation_logs_the_deletion_auc_beside_average_drop():
+    from distill.cam import GradCAMPlusPlus
+    from distill.lightning_modules import ClassifierModule
+
+    model, images = _wrn_and_images()
+    module = ClassifierModule(
+        model, "wrn_16_1", 5, {"name": "sgd", "lr": 0.1}, 1, explanation_metrics=True
+    )
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.setdefault(name, value)
+    labels = torch.zeros(len(images), dtype=torch.long)
+    with torch.no_grad():
+        module._log_explanation_metrics((images[:4], labels[:4]))
+        module._log_explanation_metrics((images[4:], labels[4:]))
+    maps, scores = GradCAMPlusPlus(model).maps_and_scores(images)
+    expected = deletion_auc(model, images, maps, scores.argmax(1))
+    assert logged["val/deletion_auc"] is module.val_deletion
+    assert float(module.val_deletion.compute()) == pytest.approx(float(expected), abs=1e-5)
