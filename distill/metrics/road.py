@@ -230,7 +230,8 @@ class ROAD(Metric):
 
     Args:
         order, fractions, noise, softmax: As in :func:`road_scores`.
-        seed: Seed of the noise's generator (on the images' device), for repeatable values.
+        seed: Seed of the noise's generator (made on the images' device at the first update and
+            kept across ``reset``): two metrics with the same seed give the same values.
         kwargs: Forwarded to :class:`torchmetrics.Metric`.
     """
 
@@ -292,11 +293,6 @@ class ROAD(Metric):
         change_sum, total = _road_update(*scores)
         self.change_sum += change_sum.to(self.change_sum)
         self.total += total
-
-    def reset(self) -> None:
-        """Clear the sums and restart the noise stream (repeatable epochs)."""
-        super().reset()
-        self._generator = None
 
     def compute(self) -> Tensor:
         """Mean change of the score (``nan`` before any update)."""
