@@ -30,6 +30,7 @@ from distill.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write
 from distill.config import ConfigError, load_config
 from distill.errors import UserError, report
 from distill.metrics import (
+    ROAD,
     AverageDrop,
     DeletionAUC,
     EnergyPointingGame,
@@ -82,6 +83,7 @@ def evaluate_student(
     boxes = extras(split)[0] if extras is not None else None
     drop, increase = AverageDrop(), IncreaseInConfidence()
     deletion, insertion = DeletionAUC(), InsertionAUC()  # 20 steps each, softmax, zero baseline
+    road_morf = ROAD(order="morf")  # shares 0.1 ... 0.9, noise 0.01 seeded: repeatable
     loc, energy = (
         Localization(delta=0.5, image_size=images.shape[-2:]),
         EnergyPointingGame(image_size=images.shape[-2:]),
@@ -96,6 +98,7 @@ def evaluate_student(
         increase.update(y, o)
         deletion.update(student, batch, maps, predicted, logits=scores)
         insertion.update(student, batch, maps, predicted, logits=scores)
+        road_morf.update(student, batch, maps, predicted, logits=scores)
         drops.append((y - o).clamp_min(0) / y.clamp_min(1e-12))
         if boxes is not None:
             batch_boxes = boxes[start : start + batch_size].to(device)
@@ -106,6 +109,7 @@ def evaluate_student(
         "increase_in_confidence": float(increase.compute()),
         "deletion_auc": float(deletion.compute()),
         "insertion_auc": float(insertion.compute()),
+        "road_morf": float(road_morf.compute()),
         "localization": float(loc.compute()) if boxes is not None else float("nan"),
         "energy_pointing": float(energy.compute()) if boxes is not None else float("nan"),
     }

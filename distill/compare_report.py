@@ -45,6 +45,7 @@ COLUMNS = [
     ("increase_in_confidence", "increase in conf. %", 1),
     ("deletion_auc", "deletion AUC % (lower better)", 100),
     ("insertion_auc", "insertion AUC % (higher better)", 100),
+    ("road_morf", "ROAD MoRF change % (lower better)", 100),
     ("win_vs_ce", "win % vs CE", 1),
     ("localization", "Loc(0.5)", 1),
     ("energy_pointing", "energy pointing", 1),

@@ -393,7 +393,7 @@ def _wrn_and_images():
     return get_model("wrn_16_1", num_classes=5).eval(), torch.randn(6, 3, 16, 16)
 
 
-def test_compare_reports_deletion_and_insertion_of_the_predicted_class():
+def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
     from types import SimpleNamespace
 
     from distill.cam import GradCAMPlusPlus
@@ -408,10 +408,19 @@ def test_compare_reports_deletion_and_insertion_of_the_predicted_class():
     )
     metrics, _ = evaluate_student(model, dm, batch_size=4)  # two batches: 4 + 2
     maps, scores = GradCAMPlusPlus(model).maps_and_scores(images)
+    predicted = scores.argmax(1)
     expected = {
-        "deletion_auc": deletion_auc(model, images, maps, scores.argmax(1)),
-        "insertion_auc": insertion_auc(model, images, maps, scores.argmax(1)),
+        "deletion_auc": deletion_auc(model, images, maps, predicted),
+        "insertion_auc": insertion_auc(model, images, maps, predicted),
     }
+    # ROAD's noise: one generator seeded 0 across the two batches, as the metric draws it
+    stream = torch.Generator().manual_seed(0)
+    halves = [slice(0, 4), slice(4, 6)]
+    changes = [
+        road(model, images[h], maps[h], predicted[h], generator=stream) * len(images[h])
+        for h in halves
+    ]
+    expected["road_morf"] = sum(changes) / len(images)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(float(value), abs=1e-5), key
         assert key in [column for column, _, _ in COLUMNS]
