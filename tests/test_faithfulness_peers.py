@@ -391,7 +391,7 @@ def _wrn_and_images():
     from distill.models import get_model
 
     torch.manual_seed(4)
-    return get_model("wrn_16_1", num_classes=5).eval(), torch.randn(6, 3, 16, 16)
+    return get_model("wrn_16_1", num_classes=5).eval(), torch.randn(5, 3, 8, 8)
 
 
 def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
@@ -407,7 +407,7 @@ def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
     )
-    metrics, _ = evaluate_student(model, dm, batch_size=4)  # two batches: 4 + 2
+    metrics, _ = evaluate_student(model, dm, batch_size=3)  # two batches: 3 + 2
     maps, scores = GradCAMPlusPlus(model).maps_and_scores(images)
     predicted = scores.argmax(1)
     expected = {
@@ -416,7 +416,7 @@ def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
     }
     # ROAD's noise: one generator seeded 0 across the two batches, as the metric draws it
     stream = torch.Generator().manual_seed(0)
-    halves = [slice(0, 4), slice(4, 6)]
+    halves = [slice(0, 3), slice(3, 5)]
     changes = [
         road(model, images[h], maps[h], predicted[h], generator=stream) * len(images[h])
         for h in halves
@@ -440,8 +440,8 @@ def test_validation_logs_the_deletion_auc_beside_average_drop():
     module.log = lambda name, value, **kwargs: logged.setdefault(name, value)
     labels = torch.zeros(len(images), dtype=torch.long)
     with torch.no_grad():
-        module._log_explanation_metrics((images[:4], labels[:4]))
-        module._log_explanation_metrics((images[4:], labels[4:]))
+        module._log_explanation_metrics((images[:3], labels[:3]))
+        module._log_explanation_metrics((images[3:], labels[3:]))
     maps, scores = GradCAMPlusPlus(model).maps_and_scores(images)
     expected = deletion_auc(model, images, maps, scores.argmax(1))
     assert logged["val/deletion_auc"] is module.val_deletion
