@@ -31,9 +31,12 @@ from distill.config import ConfigError, load_config
 from distill.errors import UserError, report
 from distill.interrupt import RunInterrupted
 from distill.metrics import (
+    ROAD,
     AverageDrop,
+    DeletionAUC,
     EnergyPointingGame,
     IncreaseInConfidence,
+    InsertionAUC,
     Localization,
     WinPercentage,
     explanation_confidences,
@@ -80,6 +83,8 @@ def evaluate_student(
     extras = getattr(dm, "split_extras", None)
     boxes = extras(split)[0] if extras is not None else None
     drop, increase = AverageDrop(), IncreaseInConfidence()
+    deletion, insertion = DeletionAUC(), InsertionAUC()  # 20 steps each, softmax, zero baseline
+    road_morf = ROAD(order="morf")  # shares 0.1 ... 0.9, noise 0.01 seeded: repeatable
     loc, energy = (
         Localization(delta=0.5, image_size=images.shape[-2:]),
         EnergyPointingGame(image_size=images.shape[-2:]),
@@ -92,6 +97,9 @@ def evaluate_student(
         y, o = explanation_confidences(student, batch, maps, predicted, mean=dm.mean, std=dm.std)
         drop.update(y, o)
         increase.update(y, o)
+        deletion.update(student, batch, maps, predicted, logits=scores)
+        insertion.update(student, batch, maps, predicted, logits=scores)
+        road_morf.update(student, batch, maps, predicted, logits=scores)
         drops.append((y - o).clamp_min(0) / y.clamp_min(1e-12))
         if boxes is not None:
             batch_boxes = boxes[start : start + batch_size].to(device)
@@ -100,6 +108,9 @@ def evaluate_student(
     metrics = {
         "average_drop": float(drop.compute()),
         "increase_in_confidence": float(increase.compute()),
+        "deletion_auc": float(deletion.compute()),
+        "insertion_auc": float(insertion.compute()),
+        "road_morf": float(road_morf.compute()),
         "localization": float(loc.compute()) if boxes is not None else float("nan"),
         "energy_pointing": float(energy.compute()) if boxes is not None else float("nan"),
     }

@@ -23,6 +23,7 @@ from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
 from distill.losses import ExplanationDistiller, TeacherOutputs
 from distill.metrics import (
     AverageDrop,
+    DeletionAUC,
     EnergyPointingGame,
     IncreaseInConfidence,
     Localization,
@@ -72,12 +73,14 @@ class _ClassificationModule(L.LightningModule):
         super().__init__()
         self.num_classes = num_classes
         # Faithfulness (and, with boxes in the batches, localisation) of the trained network's
-        # Grad-CAM++ maps for its predicted class: two extra forwards per batch, so off by default.
+        # Grad-CAM++ maps for its predicted class: two extra forwards per batch (and twenty for
+        # the deletion AUC), so off by default.
         self.explanation_metrics = explanation_metrics
         self._mean, self._std = mean, std
         if explanation_metrics:
             self.val_average_drop = AverageDrop()
             self.val_increase = IncreaseInConfidence()
+            self.val_deletion = DeletionAUC()
             self.val_localization = Localization(delta=0.5, image_size=None)
             self.val_energy_pointing = EnergyPointingGame(image_size=None)
         top5 = min(5, num_classes)
@@ -164,8 +167,10 @@ class _ClassificationModule(L.LightningModule):
         )
         self.val_average_drop(y, o)
         self.val_increase(y, o)
+        self.val_deletion.update(model, images, maps, predicted, logits=scores)
         self.log("val/average_drop", self.val_average_drop, on_step=False, on_epoch=True)
         self.log("val/increase_in_confidence", self.val_increase, on_step=False, on_epoch=True)
+        self.log("val/deletion_auc", self.val_deletion, on_step=False, on_epoch=True)
         if len(batch) > 2:  # boxes (shapes with return_boxes)
             upsampled = resize_maps(maps, images.shape[-2:])
             self.val_localization(upsampled, batch[2])

@@ -32,6 +32,8 @@ def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_override
     for row in saved:
         assert 0 <= row["test_acc"] <= 1
         assert 0 <= row["average_drop"] <= 100 and 0 <= row["increase_in_confidence"] <= 100
+        assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
+        assert -1 <= row["road_morf"] <= 1
         assert 0 <= row["localization"] <= 1 and 0 <= row["energy_pointing"] <= 1
         assert math.isnan(row["win_vs_ce"]) == (row["method"] == "ce")
         assert (row["selected_on"], row["val_split"]) == ("holdout", "holdout")

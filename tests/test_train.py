@@ -238,6 +238,7 @@ def test_explanation_metrics_are_logged_when_enabled(tiny_overrides, tmp_path):
     ranges = {
         "val/average_drop": 100.0,  # percentages
         "val/increase_in_confidence": 100.0,
+        "val/deletion_auc": 1.0,  # area under a probability curve
         "val/localization": 1.0,
         "val/energy_pointing": 1.0,
     }

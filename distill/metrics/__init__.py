@@ -1,6 +1,8 @@
 """Explanation-quality metrics: faithfulness, localisation and teacher-student agreement.
 
-Functions (batched, pure torch) live in :mod:`distill.metrics.functional`; the
+Functions (batched, pure torch) live in :mod:`distill.metrics.functional` (deletion/insertion
+in :mod:`distill.metrics.deletion`, ROAD in :mod:`distill.metrics.road`, each beside its
+metric class); the
 :class:`torchmetrics.Metric` classes accumulate them over batches and devices::
 
     from distill.cam import GradCAMPlusPlus
@@ -18,8 +20,16 @@ Functions (batched, pure torch) live in :mod:`distill.metrics.functional`; the
 # binds the package attribute ``localization`` to that module, and the function of the same
 # name must win (``import_module("distill.metrics.localization")`` still gives the module).
 from distill.metrics.agreement import MapAgreement, TopOneAgreement
+from distill.metrics.deletion import (
+    DeletionAUC,
+    InsertionAUC,
+    deletion_auc,
+    insertion_auc,
+    perturbation_curves,
+)
 from distill.metrics.faithfulness import AverageDrop, IncreaseInConfidence, WinPercentage
 from distill.metrics.localization import EnergyPointingGame, Localization
+from distill.metrics.road import ROAD, noisy_linear_imputation, road, road_scores
 
 from distill.metrics.functional import (  # isort: skip
     average_drop,
@@ -34,20 +44,29 @@ from distill.metrics.functional import (  # isort: skip
 )
 
 __all__ = [
+    "ROAD",
     "AverageDrop",
+    "DeletionAUC",
     "EnergyPointingGame",
     "IncreaseInConfidence",
+    "InsertionAUC",
     "Localization",
     "MapAgreement",
     "TopOneAgreement",
     "WinPercentage",
     "average_drop",
+    "deletion_auc",
     "energy_pointing_game",
     "explanation_confidences",
     "explanation_maps",
     "increase_in_confidence",
+    "insertion_auc",
     "localization",
     "map_agreement",
+    "noisy_linear_imputation",
+    "perturbation_curves",
+    "road",
+    "road_scores",
     "top1_agreement",
     "win_percentage",
 ]
