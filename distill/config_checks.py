@@ -33,12 +33,18 @@ def validate(cfg: DictConfig) -> None:
         "loss.kd_weight",
         "loss.map_weight",
         "loss.at_weight",
+        "loss.dkd_weight",
+        "loss.dkd_alpha",
+        "loss.dkd_beta",
+        "loss.dkd_warmup_epochs",
+        "loss.cat_weight",
         "optim.lr",
     ):
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
     for key in (
         "loss.temperature",
+        "loss.cat_size",
         "data.batch_size",
         "teacher.epochs",
         "student.epochs",
