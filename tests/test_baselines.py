@@ -397,3 +397,37 @@ def test_a_cached_run_of_a_baseline_trains_the_same_student_as_a_live_run(
     assert other.keys() == reference.keys()
     assert all(torch.equal(other[k], reference[k]) for k in reference)
     assert cached["student"]["teacher_cache"]
+
+
+# ---- the GPU plan ---------------------------------------------------------------------------------
+
+
+def test_the_table_projection_runs_every_method_of_both_pairs_on_the_cpu():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "benchmarks/cifar100_table.py", "--device", "cpu", "--quick"],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| cifar100")]
+    methods = {"cifar100_wrn40_2_wrn16_2": [], "cifar100_resnet32x4_resnet8x4": []}
+    for row in rows:
+        methods[row[0][2:]].append(row[1])
+    assert methods["cifar100_wrn40_2_wrn16_2"] == ["teacher (CE)", *METHODS_OF_WRN]
+    assert methods["cifar100_resnet32x4_resnet8x4"] == ["teacher (CE)", *METHODS_OF_RESNET]
+    hours = sum(float(row[5].split()[0]) for row in rows)
+    total = float(re.search(r"whole table: ([\d.]+) h", done.stdout).group(1))
+    assert total == pytest.approx(hours, abs=0.1 + 0.01 * len(rows))
+
+
+METHODS_OF_RESNET = ["ce", "kd", "dkd", "kd_ls", "dkd_ls", "cat_kd", "e2kd", "kd_gradcam_pp"]
+METHODS_OF_WRN = [*METHODS_OF_RESNET[:2], "at", *METHODS_OF_RESNET[2:]]
