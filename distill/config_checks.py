@@ -161,6 +161,15 @@ def _validate_models(cfg: DictConfig) -> None:
                     resolve_layer(models[role], pair[role])
                 except ValueError as error:
                     raise ConfigError(f"loss.{key}[{i}].{role}: {error}") from None
+    if cfg.loss.cat_weight > 0:
+        from distill.losses.cat import cat_head
+
+        for role in ("teacher", "student"):
+            try:
+                cat_head(models[role])
+            except ValueError as error:
+                message = f"loss.cat_weight>0, {role}.name={cfg[role].name!r}: {error}"
+                raise ConfigError(message) from None
     size = OmegaConf.select(cfg, "data.image_size", default=None)
     if size:  # else the size is known once the data is loaded; the run checks it then
         from distill.resolution import check_map_grids

@@ -431,3 +431,17 @@ def test_the_table_projection_runs_every_method_of_both_pairs_on_the_cpu():
 
 METHODS_OF_RESNET = ["ce", "kd", "dkd", "kd_ls", "dkd_ls", "cat_kd", "e2kd", "kd_gradcam_pp"]
 METHODS_OF_WRN = [*METHODS_OF_RESNET[:2], "at", *METHODS_OF_RESNET[2:]]
+
+
+def test_cat_kd_on_a_class_token_model_is_refused_before_anything_trains():
+    from distill.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cat_weight.*pooled-linear head"):
+        load_config(
+            "quickstart",
+            [
+                *METHODS["cat_kd"],
+                "student.name=vit_tiny_p4_32",
+                "student.kwargs={global_pool: token}",
+            ],
+        )
