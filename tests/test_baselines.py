@@ -402,6 +402,7 @@ def test_a_cached_run_of_a_baseline_trains_the_same_student_as_a_live_run(
 # ---- the GPU plan ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 19 rows of tiny training steps: a minute alone, far more on a busy machine
 def test_the_table_projection_runs_every_method_of_both_pairs_on_the_cpu():
     import re
     import subprocess
