@@ -1,7 +1,8 @@
 """One training step (forward + backward + SGD step) under each loss, and its memory.
 
 The cifar_wrn pair (teacher WRN-40-2, student WRN-16-2), batch 128, 32x32. Each variant is timed
-round-robin with the others. The "teacher cache" row is the default loss with the teacher's
+round-robin with the others; the field's baselines (DKD, logit standardisation, CAT-KD, e2KD)
+have a row each, with compare.py's weights. The "teacher cache" row is the default loss with the teacher's
 outputs read from a memory-mapped float16 :class:`distill.TeacherCache` (as the students of a
 comparison read them), so no teacher runs; compare it with "CE (student only)". Memory is the
 size of the tensors autograd saves for the backward pass (unique storages; the step's peak
@@ -30,8 +31,10 @@ from _common import machine, measure_interleaved, table  # benchmarks/ is on sys
 
 from distill import ExplanationDistiller, TeacherCache, build_model
 from distill.compile import compile_distiller
+from distill.losses import e2kd_options
 
 GROUPS = [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]
+LOGITS_ONLY = {"ce_weight": 1.0, "kd_weight": 0.0, "map_weight": 0.0}  # CE 1, no KD or maps
 VARIANTS: dict[str, dict] = {
     "CE + KD": {"map_weight": 0.0},
     "CE + KD + Grad-CAM++ (default layer, closed form)": {},
@@ -45,6 +48,22 @@ VARIANTS: dict[str, dict] = {
         "at_weight": 1000.0,
         "at_layers": GROUPS,
     },
+    # The field's baselines as compare.py runs them (the DKD warm-up changes no cost).
+    "DKD (CE + DKD)": {**LOGITS_ONLY, "dkd_weight": 1.0, "dkd_warmup_epochs": 0},
+    "KD, logit standardisation (CE 0.1 + KD 9, T 2)": {
+        "kd_weight": 9.0,
+        "temperature": 2.0,
+        "logit_standardize": True,
+        "map_weight": 0.0,
+    },
+    "DKD, logit standardisation": {
+        **LOGITS_ONLY,
+        "dkd_weight": 1.0,
+        "dkd_warmup_epochs": 0,
+        "logit_standardize": True,
+    },
+    "CAT-KD (CE + CAT, beta 12)": {**LOGITS_ONLY, "cat_weight": 12.0},
+    "e2KD (CE + KD + Grad-CAM cosine, teacher's class)": e2kd_options(),
 }
 REFERENCE = "CE + KD"
 DEFAULT = "CE + KD + Grad-CAM++ (default layer, closed form)"

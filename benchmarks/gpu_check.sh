@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # One-shot device check; writes one markdown file (default gpu_check.md). See gpu_check.py.
+# Its cifar100 section times every method on the two CIFAR-100 pairs and prints the projected
+# wall time of the whole reference table (benchmarks/cifar100_table.py; docs/baselines.md).
 #
 #   benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--data PATH] [--out FILE]
 #

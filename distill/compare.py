@@ -59,11 +59,42 @@ METHODS: dict[str, list[str]] = {
     "gradcam": [*CE_ONLY, "loss.map_method=gradcam"],
     "gradcam_pp": [*CE_ONLY],
     "kd_gradcam_pp": [*FIELD_KD],
+    "dkd": [*CE_ONLY, "loss.map_weight=0", "loss.dkd_weight=1", "loss.temperature=4"],
+    "kd_ls": [
+        "loss.ce_weight=0.1",
+        "loss.kd_weight=9",
+        "loss.temperature=2",
+        "loss.logit_standardize=true",
+        "loss.map_weight=0",
+    ],
+    "dkd_ls": [
+        *CE_ONLY,
+        "loss.map_weight=0",
+        "loss.dkd_weight=1",
+        "loss.temperature=4",
+        "loss.logit_standardize=true",
+    ],
+    "cat_kd": [*CE_ONLY, "loss.map_weight=0", "loss.cat_weight=${loss.cat_beta}"],
+    "e2kd": [
+        "loss.ce_weight=1.0",
+        "loss.kd_weight=1.0",
+        "loss.temperature=1",
+        "loss.map_weight=1",
+        "loss.map_method=gradcam",
+        "loss.map_target=teacher",
+        "loss.map_distance=cosine",
+        "loss.map_normalize=none",
+    ],
 }
 """Loss overrides of each method (on top of the recipe's ``loss`` section). KD is the field's
 (CE 0.1, KD 0.9, T=4: mdistiller, RepDistiller), and the maps are added on top of that same KD;
 methods without KD train with CE at weight 1. AT is its authors' (weight 1000 on the three WRN
-groups, beside CE). The map weight and method come from the recipe (the paper's 0.01)."""
+groups, beside CE). The map weight and method come from the recipe (the paper's 0.01). The
+field's baselines as their authors run them (docs/baselines.md): DKD (CE 1, alpha 1, beta
+``loss.dkd_beta`` from the recipe, T 4, 20-epoch warm-up); KD with logit standardisation
+(CE 0.1, KD 9, base temperature 2); DKD with it; CAT-KD (CE 1 + ``loss.cat_beta`` x CAT, no
+logit KD); e2KD (CE 1 + KD 1 at T 1 + 1 x (1 - cos) of Grad-CAM maps of the teacher's top-1
+class, :mod:`distill.losses.e2kd`)."""
 
 
 @torch.no_grad()

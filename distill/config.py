@@ -203,6 +203,15 @@ class LossConfig:
     at_layers: list[LayerPairConfig] | None = None
     at_p: float = 2.0
     at_form: str = "code"
+    # The field's baselines (docs/baselines.md): DKD, logit standardisation, CAT-KD.
+    logit_standardize: bool = False  # z-score logits before KD's and DKD's softmax
+    dkd_weight: float = 0.0  # 1 (with ce_weight 1, kd_weight 0): the authors' DKD
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0  # 6 for WRN-40-2 -> WRN-16-2
+    dkd_warmup_epochs: int = 20
+    cat_weight: float = 0.0  # weight of CAT-KD's term; 0 disables it
+    cat_beta: float = 12.0  # CAT-KD's beta, compare.py's cat_kd weight: 12 (WRN pair), 15 (8x4)
+    cat_size: int = 2  # class maps pooled to cat_size x cat_size (4 at ImageNet sizes)
 
 
 @dataclass

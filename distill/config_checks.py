@@ -33,6 +33,11 @@ def validate(cfg: DictConfig) -> None:
         "loss.kd_weight",
         "loss.map_weight",
         "loss.at_weight",
+        "loss.dkd_weight",
+        "loss.dkd_alpha",
+        "loss.dkd_beta",
+        "loss.dkd_warmup_epochs",
+        "loss.cat_weight",
         "optim.lr",
     ):
         if OmegaConf.select(cfg, key) < 0:
@@ -50,6 +55,7 @@ def validate(cfg: DictConfig) -> None:
         )
     for key in (
         "loss.temperature",
+        "loss.cat_size",
         "data.batch_size",
         "student.epochs",
         "trainer.check_val_every_n_epoch",
@@ -173,6 +179,15 @@ def _validate_models(cfg: DictConfig) -> None:
                     resolve_layer(models[role], pair[role])
                 except ValueError as error:
                     raise ConfigError(f"loss.{key}[{i}].{role}: {error}") from None
+    if cfg.loss.cat_weight > 0:
+        from distill.losses.cat import cat_head
+
+        for role in ("teacher", "student"):
+            try:
+                cat_head(models[role])
+            except ValueError as error:
+                message = f"loss.cat_weight>0, {role}.name={cfg[role].name!r}: {error}"
+                raise ConfigError(message) from None
     _validate_cam_layers(cfg, models)
     size = OmegaConf.select(cfg, "data.image_size", default=None)
     if size:  # else the size is known once the data is loaded; the run checks it then

@@ -304,7 +304,7 @@ class DistillModule(_ClassificationModule):
         self, images: Tensor, labels: Tensor, stage: str, teacher: TeacherOutputs | None = None
     ) -> tuple[Tensor, Tensor]:
         if stage == "train":
-            out = self.distiller(images, labels, teacher=teacher)
+            out = self.distiller(images, labels, teacher=teacher, epoch=self.current_epoch)
             for name, value in out.parts.items():
                 part = self.train_parts[name]
                 part(value, len(labels))
@@ -312,7 +312,9 @@ class DistillModule(_ClassificationModule):
             return out.loss, out.logits
         grad = torch.enable_grad() if self.distiller.student_maps_need_grad else nullcontext()
         with grad:
-            out = self.distiller(images, labels, return_maps=(stage == "val"))
+            out = self.distiller(
+                images, labels, return_maps=(stage == "val"), epoch=self.current_epoch
+            )
         if stage == "val":
             self.val_agreement(out.logits, out.teacher_logits)
             self.val_map_similarity(out.student_maps[0], out.teacher_maps[0])

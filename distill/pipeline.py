@@ -353,7 +353,8 @@ def _distiller(
 ) -> ExplanationDistiller:
     """The ``loss`` section's fields are the distiller's keyword arguments (layer pairs become
     :class:`LayerPair` objects), so a new loss option touches the loss and the schema only."""
-    options = OmegaConf.to_container(cfg.loss)
+    options = OmegaConf.to_container(cfg.loss, resolve=True)
+    options.pop("cat_beta")  # the pair's CAT-KD weight, for compare.py's cat_kd method
     for key in ("map_layers", "at_layers"):
         if options[key] is not None:
             options[key] = [LayerPair(**pair) for pair in options[key]]

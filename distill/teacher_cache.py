@@ -6,8 +6,9 @@ augmentation stream (``data.augment_seed``) the teacher sees the same augmented 
 run, so its outputs can be computed once and read back in batches. One large memory-mapped
 tensor, not one file per sample: many small reads are slower than recomputing.
 
-Layout: ``<dir>/values.bin`` holds ``[epochs, num_samples, num_classes + sum(h * w)]`` values in
-the storage dtype (row = logits, then each map flattened), indexed by the sample's position in
+Layout: ``<dir>/values.bin`` holds ``[epochs, num_samples, num_classes + sum(h * w) (+ K s s)]``
+values in the storage dtype (row = logits, then each map flattened, then CAT-KD's pooled class
+maps when the distiller has a CAT term), indexed by the sample's position in
 the training split; ``<dir>/header.json`` holds the shapes, the dtype, the key (a dict that
 identifies teacher weights, data and augmentation) and which epochs are complete.
 """
@@ -89,7 +90,9 @@ class TeacherCache:
         self.num_samples = int(header["num_samples"])
         self.num_classes = int(header["num_classes"])
         self.map_shapes = [tuple(s) for s in header["map_shapes"]]
-        self.row = self.num_classes + sum(h * w for h, w in self.map_shapes)
+        class_map_shape = header.get("class_map_shape")  # absent in caches without CAT-KD
+        self.class_map_shape = tuple(class_map_shape) if class_map_shape else None
+        self.row = _row_size(self.num_classes, self.map_shapes, self.class_map_shape)
         numel = self.epochs * self.num_samples * self.row
         # torch.from_file maps the file; ``shared=True`` writes through to it.
         flat = torch.from_file(str(self.values_path), shared=writable, size=numel, dtype=self.dtype)
@@ -121,9 +124,10 @@ class TeacherCache:
         num_classes: int,
         map_shapes: Iterable[tuple[int, int]],
         dtype: str = "float16",
+        class_map_shape: tuple[int, int, int] | None = None,
     ) -> int:
         """Bytes a cache of these sizes takes (e.g. to check a budget before building it)."""
-        row = num_classes + sum(h * w for h, w in map_shapes)
+        row = _row_size(num_classes, map_shapes, class_map_shape)
         return epochs * num_samples * row * STORAGE_DTYPES[dtype].itemsize
 
     @classmethod
@@ -137,8 +141,10 @@ class TeacherCache:
         num_classes: int,
         map_shapes: Iterable[tuple[int, int]],
         dtype: str = "float16",
+        class_map_shape: tuple[int, int, int] | None = None,
     ) -> TeacherCache:
-        """Make an empty cache (any existing one in ``directory`` is replaced)."""
+        """Make an empty cache (any existing one in ``directory`` is replaced);
+        ``class_map_shape`` ``(K, s, s)`` also stores CAT-KD's pooled class maps."""
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"dtype must be one of {tuple(STORAGE_DTYPES)}, got {dtype!r}")
         directory = Path(directory)
@@ -153,7 +159,11 @@ class TeacherCache:
             "map_shapes": [list(map(int, s)) for s in map_shapes],
             "complete": [],
         }
-        size = cls.disk_bytes(epochs, num_samples, num_classes, header["map_shapes"], dtype)
+        if class_map_shape is not None:
+            header["class_map_shape"] = [int(n) for n in class_map_shape]
+        size = cls.disk_bytes(
+            epochs, num_samples, num_classes, header["map_shapes"], dtype, class_map_shape
+        )
         with open(directory / "values.bin", "wb") as f:
             f.truncate(size)  # sparse until written
         with open(directory / "written.bin", "wb") as f:
@@ -215,6 +225,10 @@ class TeacherCache:
             )
         parts = [outputs.logits.reshape(len(indices), -1)]
         parts += [m.reshape(len(indices), -1) for m in outputs.maps]
+        if self.class_map_shape is not None:
+            if outputs.class_maps is None:
+                raise TeacherCacheError("the cache holds class maps, the outputs have none")
+            parts.append(outputs.class_maps.reshape(len(indices), -1))
         row = torch.cat(parts, dim=1).to("cpu", self.dtype)
         if row.shape[1] != self.row:
             raise TeacherCacheError(f"a row has {row.shape[1]} values, the cache holds {self.row}")
@@ -248,7 +262,10 @@ class TeacherCache:
         for h, w in self.map_shapes:
             maps.append(rows[:, start : start + h * w].reshape(-1, h, w))
             start += h * w
-        return TeacherOutputs(logits, tuple(maps))
+        class_maps = None
+        if self.class_map_shape is not None:
+            class_maps = rows[:, start:].reshape(-1, *self.class_map_shape)
+        return TeacherOutputs(logits, tuple(maps), class_maps)
 
     def read(self, epoch: int, indices: Tensor, device: torch.device | str) -> TeacherOutputs:
         """The teacher outputs of ``(epoch, indices)``, as float32 on ``device``."""
@@ -326,12 +343,28 @@ class _TeacherCacheWriter(L.LightningModule):
         return None
 
 
+def _row_size(
+    num_classes: int,
+    map_shapes: Iterable[tuple[int, int]],
+    class_map_shape: tuple[int, int, int] | None,
+) -> int:
+    """Values in one cached row: logits, maps, pooled class maps."""
+    row = num_classes + sum(h * w for h, w in map_shapes)
+    return row + (math.prod(class_map_shape) if class_map_shape else 0)
+
+
 def _cache_layout(distiller: ExplanationDistiller, image_shape: tuple[int, ...]) -> tuple:
-    """``(num_classes, map_shapes)`` of the teacher's outputs, from a two-image probe."""
+    """``(num_classes, map_shapes, class_map_shape)`` of the teacher's outputs, from a
+    two-image probe."""
     device = next(distiller.teacher.parameters()).device
     probe = torch.zeros(2, *image_shape, device=device)
     outputs = distiller.teacher_outputs(probe, torch.zeros(2, dtype=torch.long, device=device))
-    return outputs.logits.shape[1], [tuple(m.shape[1:]) for m in outputs.maps]
+    class_maps = outputs.class_maps
+    return (
+        outputs.logits.shape[1],
+        [tuple(m.shape[1:]) for m in outputs.maps],
+        None if class_maps is None else tuple(class_maps.shape[1:]),
+    )
 
 
 def open_or_build_teacher_cache(
@@ -354,6 +387,8 @@ def open_or_build_teacher_cache(
     student as one that finds it.
     """
     key = {**key, "dtype": dtype}  # what is stored is part of what is asked for
+    if distiller.cat_weight > 0:  # CAT-KD's class maps are stored too
+        key["class_maps"] = distiller.cat_size
     folder = Path(directory) / cache_key_digest(key)
     try:
         cache = TeacherCache.open(folder, key)
@@ -366,9 +401,11 @@ def open_or_build_teacher_cache(
             raise  # another key under this key's hash, or an old format: never overwrite it
         reason = "none exists yet"
     datamodule.setup("fit")
-    num_classes, map_shapes = _cache_layout(distiller, datamodule.image_shape)
+    num_classes, map_shapes, class_map_shape = _cache_layout(distiller, datamodule.image_shape)
     num_samples = datamodule.split_size("train")
-    size = TeacherCache.disk_bytes(epochs, num_samples, num_classes, map_shapes, dtype)
+    size = TeacherCache.disk_bytes(
+        epochs, num_samples, num_classes, map_shapes, dtype, class_map_shape
+    )
     _say(f"teacher cache: building {folder} ({human_bytes(size)} on disk), since {reason}")
     layout = {
         "epochs": epochs,
@@ -376,6 +413,7 @@ def open_or_build_teacher_cache(
         "num_classes": num_classes,
         "map_shapes": map_shapes,
         "dtype": dtype,
+        "class_map_shape": class_map_shape,
     }
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     datamodule.index_train_batches = True

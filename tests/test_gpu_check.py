@@ -59,10 +59,12 @@ def test_gpu_check_quick_on_cpu(tmp_path, jpeg_tarball):
         "## bench_step.py: pass",
         "## bench_data.py: pass",
         "## CIFAR-10 distillation (JPEG copy, cifar_wrn_cpu): pass",
+        "## cifar100_table.py: pass",
     ):
         assert heading in report
     assert "| torch |" in report.splitlines()[2] and "Total time:" in report
     assert "| student | 1 | 4 |" in report  # epochs and steps read from summary.json
+    assert "Projected wall time of the whole table:" in report
 
 
 def test_gpu_check_without_data_skips_the_training_run(tmp_path):

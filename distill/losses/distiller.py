@@ -1,4 +1,6 @@
-"""The importable distiller: CE + Hinton KD + explanation-map matching (+ attention transfer).
+"""The importable distiller: CE + Hinton KD + explanation-map matching, and the field's
+baselines as options (attention transfer, DKD, logit standardisation, CAT-KD; e2KD is a map
+setting, see :mod:`distill.losses.e2kd`).
 
 One module holds the frozen teacher, the student and every loss weight. Called with
 ``(images, labels)`` it runs one student forward and one teacher forward, captures the layers the
@@ -9,9 +11,7 @@ Lightning module and plain PyTorch loops both call this object.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +20,17 @@ from torch import Tensor, nn
 from distill.cam import (
     CAM_METHODS,
     CAM_RULES,
-    PooledHead,
     capture_activations,
-    pooled_head,
     resolve_layer,
     token_layout,
     tokens_to_grid,
     twice_differentiable,
 )
+from distill.losses.cat import ClassActivationTransferLoss, cat_head, pooled_class_maps
+from distill.losses.dkd import DKDLoss, dkd_warmup
 from distill.losses.modules import AttentionTransferLoss, ExplanationMatchingLoss, KDLoss
+from distill.losses.outputs import DistillOutput, LayerPair, TeacherOutputs, as_pairs
+from distill.losses.teacher_side import TeacherSide
 
 __all__ = ["LayerPair", "DistillOutput", "ExplanationDistiller", "TeacherOutputs"]
 
@@ -36,68 +38,12 @@ MapTarget = Literal["label", "teacher"]
 MAP_TARGETS: tuple[str, ...] = ("label", "teacher")
 
 
-@dataclass(frozen=True)
-class LayerPair:
-    """A student layer matched to a teacher layer, with the weight of that pair's loss."""
-
-    student: str
-    teacher: str
-    weight: float = 1.0
-
-
-class DistillOutput(NamedTuple):
-    """What one distillation step returns.
-
-    Attributes:
-        loss: the weighted total, with its graph (call ``.backward()`` on it).
-        parts: detached unweighted parts: ``ce`` always, ``kd``/``map``/``at`` when used.
-        logits: the student's logits (with graph).
-        teacher_logits: the teacher's logits (no graph); ``None`` when nothing needed the
-            teacher (no KD, maps or AT in this step), which is then not run.
-        student_maps: detached student maps, one per map layer pair (empty when not computed).
-        teacher_maps: teacher maps for the same pairs.
-    """
-
-    loss: Tensor
-    parts: dict[str, Tensor]
-    logits: Tensor
-    teacher_logits: Tensor | None
-    student_maps: tuple[Tensor, ...] = ()
-    teacher_maps: tuple[Tensor, ...] = ()
-
-
-class TeacherOutputs(NamedTuple):
-    """What the distiller needs from the teacher for one batch, without the teacher.
-
-    Computed live by :meth:`ExplanationDistiller.teacher_outputs`, or read back from a
-    :class:`distill.TeacherCache` so that students train with no teacher in the loop.
-
-    Attributes:
-        logits: ``[B, K]`` teacher logits (no graph).
-        maps: one ``[B, h, w]`` map per map layer pair, for the classes the distiller explains
-            (empty when the step computes no maps).
-    """
-
-    logits: Tensor
-    maps: tuple[Tensor, ...] = ()
-
-
-def _as_pairs(
-    pairs: Iterable[LayerPair | Sequence[object]] | None, default: LayerPair
-) -> tuple[LayerPair, ...]:
-    if pairs is None:
-        return (default,)
-    result = tuple(p if isinstance(p, LayerPair) else LayerPair(*p) for p in pairs)  # type: ignore[arg-type]
-    if not result:
-        raise ValueError("layer pairs must not be empty; leave them as None for the default")
-    return result
-
-
-class ExplanationDistiller(nn.Module):
+class ExplanationDistiller(TeacherSide):
     """Teacher -> student distillation with Grad-CAM(++) map matching.
 
     ``loss = ce_weight * CE(s, y) + kd_weight * KD(s, t) + map_weight * sum_pairs w * D(M_s, M_t)
-    + at_weight * sum_pairs AT(F_s, F_t)``, where ``M`` are Grad-CAM++ (or Grad-CAM) maps for the
+    + at_weight * sum_pairs AT(F_s, F_t) + dkd_weight * warm-up * DKD(s, t, y)
+    + cat_weight * MSE(CAM_s, CAM_t)``, where ``M`` are Grad-CAM++ (or Grad-CAM) maps for the
     ground-truth class (or the teacher's prediction) and ``D`` is the squared L2 distance of the
     paper by default (eq. 27-28, alpha = 0.01).
 
@@ -140,6 +86,18 @@ class ExplanationDistiller(nn.Module):
         at_form: ``code`` (reference implementation) or ``paper``.
         map_closed_form: use the closed form where a layer feeds a pooled-linear head; False
             forces the autograd path everywhere (same maps, slower; for checks and benchmarks).
+        logit_standardize: z-score each model's logits per sample before the temperature
+            softmax of KD and DKD (Sun et al., CVPR 2024; :func:`distill.losses.kd_loss`).
+        dkd_weight: weight of DKD (:mod:`distill.losses.dkd`; 1 with ``ce_weight=1``,
+            ``kd_weight=0`` is the authors' DKD; 0 disables it). It shares ``temperature``.
+        dkd_alpha, dkd_beta: DKD's target and non-target weights (authors: 1 and 8; 6 for
+            WRN-40-2 -> WRN-16-2).
+        dkd_warmup_epochs: the DKD term grows linearly over this many epochs (authors: 20);
+            pass ``epoch=`` to :meth:`forward` in training.
+        cat_weight: weight (CAT-KD's beta) of class activation transfer
+            (:mod:`distill.losses.cat`; 0 disables it); the layers are those feeding the two
+            models' pooled heads.
+        cat_size: the side the class maps are average-pooled to (2 on CIFAR, 4 on ImageNet).
 
     Example:
         >>> import torch
@@ -169,6 +127,13 @@ class ExplanationDistiller(nn.Module):
         at_p: float = 2.0,
         at_form: str = "code",
         map_closed_form: bool = True,
+        logit_standardize: bool = False,
+        dkd_weight: float = 0.0,
+        dkd_alpha: float = 1.0,
+        dkd_beta: float = 8.0,
+        dkd_warmup_epochs: int = 20,
+        cat_weight: float = 0.0,
+        cat_size: int = 2,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -176,6 +141,9 @@ class ExplanationDistiller(nn.Module):
             ("kd_weight", kd_weight),
             ("map_weight", map_weight),
             ("at_weight", at_weight),
+            ("dkd_weight", dkd_weight),
+            ("cat_weight", cat_weight),
+            ("dkd_warmup_epochs", dkd_warmup_epochs),
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -192,14 +160,23 @@ class ExplanationDistiller(nn.Module):
         self.map_method = map_method
         self.map_target = map_target
         self.map_closed_form = bool(map_closed_form)
-        self.kd = KDLoss(temperature)
+        self.kd = KDLoss(temperature, logit_standardize)
+        self.dkd_weight = float(dkd_weight)
+        self.dkd_warmup_epochs = int(dkd_warmup_epochs)
+        self.dkd = DKDLoss(dkd_alpha, dkd_beta, temperature, logit_standardize)
+        self.cat_weight = float(cat_weight)
+        self.cat_loss = ClassActivationTransferLoss(cat_size)
+        # CAT-KD's layers: those feeding the pooled heads (refused at once if there is none).
+        self.cat_layers = (
+            LayerPair(cat_head(student)[0], cat_head(teacher)[0]) if self.cat_weight > 0 else None
+        )
         self.map_loss = ExplanationMatchingLoss(map_normalize, map_distance)  # type: ignore[arg-type]
         self.at_loss = AttentionTransferLoss(at_p, at_form)  # type: ignore[arg-type]
         default_pair = LayerPair(
             self._cam_layer(student, "student"), self._cam_layer(teacher, "teacher")
         )
-        self.map_layers = _as_pairs(map_layers, default_pair)
-        self.at_layers = _as_pairs(at_layers, default_pair)
+        self.map_layers = as_pairs(map_layers, default_pair)
+        self.at_layers = as_pairs(at_layers, default_pair)
         for pair in self.map_layers + self.at_layers:
             resolve_layer(student, pair.student)
             resolve_layer(teacher, pair.teacher)
@@ -242,24 +219,17 @@ class ExplanationDistiller(nn.Module):
         self.teacher.eval()
         return self
 
-    def _head(self, model: nn.Module, layer: str) -> PooledHead | None:
-        """The pooled head that enables the closed form at ``layer``, if any."""
-        return pooled_head(model, layer) if self.map_closed_form else None
-
-    def _map_needs_autograd(self, model: nn.Module, layer: str) -> bool:
-        """A method that uses the score's gradient, at a layer without the closed form."""
-        return CAM_RULES[self.map_method].gradient == "score" and self._head(model, layer) is None
-
-    def _teacher_needs_autograd(self, with_maps: bool) -> bool:
-        return with_maps and any(
-            self._map_needs_autograd(self.teacher, pair.teacher) for pair in self.map_layers
-        )
-
     @property
     def loss_terms(self) -> tuple[str, ...]:
         """The names of the unweighted parts a training step returns: ``ce``, then ``kd``,
-        ``map`` and ``at`` where their weight is positive."""
-        weights = {"kd": self.kd_weight, "map": self.map_weight, "at": self.at_weight}
+        ``map``, ``at``, ``dkd`` and ``cat`` where their weight is positive."""
+        weights = {
+            "kd": self.kd_weight,
+            "map": self.map_weight,
+            "at": self.at_weight,
+            "dkd": self.dkd_weight,
+            "cat": self.cat_weight,
+        }
         return ("ce", *(name for name, weight in weights.items() if weight > 0))
 
     @property
@@ -268,27 +238,6 @@ class ExplanationDistiller(nn.Module):
         validation); False when every student map layer has the closed form."""
         return any(self._map_needs_autograd(self.student, p.student) for p in self.map_layers)
 
-    def _maps(
-        self,
-        model: nn.Module,
-        layer: str,
-        activations: Tensor,
-        scores: Tensor,
-        targets: Tensor,
-        create_graph: bool,
-        image_size: tuple[int, int],
-    ) -> Tensor:
-        head = self._head(model, layer)
-        return CAM_METHODS[self.map_method](
-            activations,
-            scores,
-            targets,
-            create_graph=create_graph,
-            classifier_weight=head.classifier.weight if head is not None else None,
-            head_norm=head.norm if head is not None else None,
-            layout=token_layout(model, image_size),
-        )
-
     def forward(
         self,
         images: Tensor,
@@ -296,6 +245,7 @@ class ExplanationDistiller(nn.Module):
         *,
         return_maps: bool = False,
         teacher: TeacherOutputs | None = None,
+        epoch: int | None = None,
     ) -> DistillOutput:
         """One distillation step's losses.
 
@@ -305,11 +255,16 @@ class ExplanationDistiller(nn.Module):
             return_maps: compute the maps even when ``map_weight`` is 0 (for monitoring).
             teacher: the teacher's outputs for this batch (e.g. from a
                 :class:`distill.TeacherCache`); the teacher network is then not run.
+            epoch: the 0-based training epoch, for DKD's warm-up (required when training
+                with DKD and a warm-up; ignored otherwise).
         """
         with_maps = self.map_weight > 0 or return_maps
         with_at = self.at_weight > 0
+        with_cat = self.cat_weight > 0
+        warmup = self._dkd_warmup(epoch)
         student_layers = [p.student for p in self.map_layers if with_maps]
         student_layers += [p.student for p in self.at_layers if with_at]
+        student_layers += [self.cat_layers.student] if with_cat else []
 
         image_size = (images.shape[-2], images.shape[-1])
         create_graph = with_maps and torch.is_grad_enabled() and self.map_weight > 0
@@ -323,15 +278,15 @@ class ExplanationDistiller(nn.Module):
         ce = F.cross_entropy(logits, labels)
         loss = self.ce_weight * ce
         parts = {"ce": ce.detach()}
-        if not (self.kd_weight > 0 or with_maps or with_at):
+        if not (self.kd_weight > 0 or self.dkd_weight > 0 or with_maps or with_at or with_cat):
             # A CE-only step: running the teacher would cost a forward for nothing.
             return DistillOutput(loss, parts, logits, None)
 
         teacher_acts: dict[str, Tensor] = {}  # filled by a live teacher run
         if teacher is None:
-            teacher, teacher_acts = self._run_teacher(images, labels, with_maps, with_at)
+            teacher, teacher_acts = self._run_teacher(images, labels, with_maps, with_at, with_cat)
         else:
-            self._check_cached(teacher, with_maps, with_at)
+            self._check_cached(teacher, with_maps, with_at, with_cat)
         teacher_logits = teacher.logits
         if teacher_logits.shape != logits.shape:
             raise ValueError(
@@ -343,6 +298,19 @@ class ExplanationDistiller(nn.Module):
             kd = self.kd(logits, teacher_logits)
             loss = loss + self.kd_weight * kd
             parts["kd"] = kd.detach()
+
+        if self.dkd_weight > 0:
+            dkd = self.dkd(logits, teacher_logits, labels)
+            loss = loss + self.dkd_weight * warmup * dkd
+            parts["dkd"] = dkd.detach()
+
+        if with_cat:
+            student_cams = pooled_class_maps(
+                self.student, student_acts[self.cat_layers.student], image_size, self.cat_size
+            )
+            cat = self.cat_loss(student_cams, teacher.class_maps)
+            loss = loss + self.cat_weight * cat
+            parts["cat"] = cat.detach()
 
         student_maps: list[Tensor] = []
         if with_maps:
@@ -379,69 +347,24 @@ class ExplanationDistiller(nn.Module):
 
         return DistillOutput(loss, parts, logits, teacher_logits, tuple(student_maps), teacher.maps)
 
-    def _map_targets(self, labels: Tensor, teacher_logits: Tensor) -> Tensor:
-        return labels if self.map_target == "label" else teacher_logits.argmax(dim=1)
+    @property
+    def cat_size(self) -> int:
+        """The side CAT-KD's class maps are pooled to."""
+        return self.cat_loss.size
 
-    def _run_teacher(
-        self, images: Tensor, labels: Tensor, with_maps: bool, with_at: bool
-    ) -> tuple[TeacherOutputs, dict[str, Tensor]]:
-        """The teacher's forward: its outputs and the activations attention transfer needs."""
-        layers = [p.teacher for p in self.map_layers if with_maps]
-        layers += [p.teacher for p in self.at_layers if with_at]
-        autograd = self._teacher_needs_autograd(with_maps)
-        with (
-            capture_activations(self.teacher, layers, detach=autograd) as acts,
-            torch.enable_grad() if autograd else torch.no_grad(),
-        ):
-            scores = self.teacher(images)
-        logits = scores.detach()
-        maps: list[Tensor] = []
-        if with_maps:
-            targets = self._map_targets(labels, logits)
-            with nullcontext() if autograd else torch.no_grad():
-                image_size = (images.shape[-2], images.shape[-1])
-                for pair in self.map_layers:
-                    layer_maps = self._maps(
-                        self.teacher,
-                        pair.teacher,
-                        acts[pair.teacher],
-                        scores,
-                        targets,
-                        False,
-                        image_size,
-                    )
-                    maps.append(layer_maps.detach())
-        return TeacherOutputs(logits, tuple(maps)), acts
-
-    def teacher_outputs(
-        self, images: Tensor, labels: Tensor, with_maps: bool = True
-    ) -> TeacherOutputs:
-        """The teacher's logits (and maps) for a batch, as a training step would use them.
-
-        This is what :class:`distill.TeacherCache` stores: ``forward(..., teacher=outputs)``
-        with the result gives the same losses as a live step on the same batch. The maps are
-        computed even when ``map_weight`` is 0, so that students with and without the map loss
-        can share one cache.
-        """
-        outputs, _ = self._run_teacher(images, labels, with_maps=with_maps, with_at=False)
-        return outputs
-
-    def _check_cached(self, teacher: TeacherOutputs, with_maps: bool, with_at: bool) -> None:
-        if with_at:
+    def _dkd_warmup(self, epoch: int | None) -> float:
+        needs_epoch = self.dkd_weight > 0 and self.dkd_warmup_epochs > 0
+        if needs_epoch and epoch is None and self.training and torch.is_grad_enabled():
             raise ValueError(
-                "attention transfer needs the teacher's features, which cached teacher outputs do "
-                "not hold: set at_weight=0 or run the teacher live"
+                f"DKD ramps its term up over {self.dkd_warmup_epochs} epochs: pass the 0-based "
+                "epoch (distiller(images, labels, epoch=epoch)), or set dkd_warmup_epochs=0"
             )
-        if with_maps and len(teacher.maps) != len(self.map_layers):
-            raise ValueError(
-                f"the cached teacher outputs hold {len(teacher.maps)} map(s) but the distiller "
-                f"matches {len(self.map_layers)} layer pair(s); rebuild the cache with "
-                "this distiller's map settings"
-            )
+        return dkd_warmup(epoch, self.dkd_warmup_epochs)
 
     def extra_repr(self) -> str:
         return (
             f"ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, map_weight={self.map_weight}, "
             f"map_method={self.map_method!r}, map_target={self.map_target!r}, "
-            f"map_layers={list(self.map_layers)}, at_weight={self.at_weight}"
+            f"map_layers={list(self.map_layers)}, at_weight={self.at_weight}, "
+            f"dkd_weight={self.dkd_weight}, cat_weight={self.cat_weight}"
         )

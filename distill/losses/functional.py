@@ -14,6 +14,7 @@ __all__ = [
     "MAP_NORMALIZATIONS",
     "AT_FORMS",
     "kd_loss",
+    "standardize_logits",
     "normalize_maps",
     "match_map_sizes",
     "explanation_matching",
@@ -29,10 +30,29 @@ MAP_DISTANCES: tuple[str, ...] = ("squared_l2", "mse", "l1", "cosine")
 AT_FORMS: tuple[str, ...] = ("paper", "code")
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Each sample's logits minus their mean, over their standard deviation (+ ``eps``).
+
+    Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation",
+    CVPR 2024, eq. 9): the softmax then depends on the logits' shape, not on their range, so a
+    student need not match the teacher's logit scale. The standard deviation is the sample
+    one (``n - 1``), as in the authors' code and torchdistill's ``LogitStdKDLoss``.
+    """
+    mean = logits.mean(dim=1, keepdim=True)
+    return (logits - mean) / (logits.std(dim=1, keepdim=True) + eps)
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 4.0,
+    standardize: bool = False,
+) -> Tensor:
     """Hinton KD: ``T^2 * KL(softmax(t / T) || softmax(s / T))``, averaged over the batch.
 
     The ``T^2`` keeps the gradient scale independent of ``T`` (Hinton et al., 2015).
+    ``standardize`` z-scores both models' logits per sample first (:func:`standardize_logits`;
+    ``T`` is then the paper's base temperature, 2 in the authors' KD runs).
 
     Example:
         >>> import torch
@@ -42,8 +62,12 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    if standardize:
+        student_logits = standardize_logits(student_logits)
+        teacher_logits = standardize_logits(teacher_logits)
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 

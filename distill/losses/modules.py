@@ -20,19 +20,21 @@ __all__ = ["KDLoss", "ExplanationMatchingLoss", "AttentionTransferLoss"]
 
 
 class KDLoss(nn.Module):
-    """Hinton KD at temperature ``temperature`` (see :func:`distill.losses.kd_loss`)."""
+    """Hinton KD at temperature ``temperature``, on standardised logits with ``standardize``
+    (see :func:`distill.losses.kd_loss`)."""
 
-    def __init__(self, temperature: float = 4.0) -> None:
+    def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        self.standardize = bool(standardize)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return kd_loss(student_logits, teacher_logits, self.temperature)
+        return kd_loss(student_logits, teacher_logits, self.temperature, self.standardize)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self.temperature}, standardize={self.standardize}"
 
 
 class ExplanationMatchingLoss(nn.Module):

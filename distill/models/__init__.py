@@ -21,7 +21,7 @@ also declare ``token_layout(image_size)`` (prefix tokens, patch grid); their
 ``forward_features`` returns tokens (see :mod:`distill.models.transformers`).
 """
 
-from . import cifar_resnet, torchvision_models, vit, wide_resnet  # noqa: F401  (registration)
+from . import cifar_resnet, cifar_resnet_x4, torchvision_models, vit, wide_resnet  # noqa: F401
 from ._registry import (
     TIMM_PREFIX,
     ModelCfg,
