@@ -15,7 +15,7 @@ from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
 from distill import interrupt
-from distill.cam import GradCAMPlusPlus
+from distill.cam import EXPLAINERS
 from distill.errors import UserError
 from distill.visualize import map_grid
 
@@ -30,12 +30,13 @@ __all__ = [
 
 
 class MapImageCallback(Callback):
-    """Every ``every_n_epochs`` validation epochs (and after the last), draw the Grad-CAM++ maps
-    of each model the module explains (teacher and student side by side) for a fixed set of
-    validation images, save them as ``maps_epoch<NNN>.png`` in ``out_dir`` and send them to
-    wandb when a :class:`WandbLogger` is attached. Maps explain the ground-truth class.
+    """Every ``every_n_epochs`` validation epochs (and after the last), draw the maps of each
+    model the module explains (teacher and student side by side) under each of ``methods``
+    (one column per method and model) for a fixed set of validation images, save them as
+    ``maps_epoch<NNN>.png`` in ``out_dir`` and send them to wandb when a :class:`WandbLogger` is
+    attached. Maps explain the ground-truth class.
 
-    The PNG carries column titles and, per image, the true class and each model's prediction;
+    The PNG carries column titles (model and method) and, per image, the true class and each model's prediction;
     wandb gets one captioned image per validation image, so that a dashboard shows which
     maps belong to right and wrong predictions.
 
@@ -46,6 +47,7 @@ class MapImageCallback(Callback):
         mean, std: the normalisation to undo for display.
         every_n_epochs: drawing period.
         class_names: names of the labels (``dm.classes``); None: the label numbers.
+        methods: names of :data:`distill.cam.CAM_METHODS` (``logging.map_methods``).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class MapImageCallback(Callback):
         std: Sequence[float],
         every_n_epochs: int = 5,
         class_names: Sequence[str] | None = None,
+        methods: Sequence[str] = ("gradcam_pp",),
     ) -> None:
         super().__init__()
         self.images = images
@@ -65,6 +68,10 @@ class MapImageCallback(Callback):
         self.mean, self.std = tuple(mean), tuple(std)
         self.every_n_epochs = max(1, every_n_epochs)
         self.class_names = list(class_names) if class_names is not None else None
+        self.methods = list(methods)
+        unknown = [m for m in self.methods if m not in EXPLAINERS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods must name some of {tuple(EXPLAINERS)}, got {methods}")
         self.saved: list[Path] = []
 
     def _due(self, trainer: L.Trainer) -> bool:
@@ -81,18 +88,20 @@ class MapImageCallback(Callback):
         one titled strip per image, and each image's caption (true class, predictions)."""
         images = self.images.to(pl_module.device)
         labels = self.labels.to(pl_module.device)
-        maps, predicted = {}, {}
-        for name, model in pl_module.explained_models().items():
-            was_training = model.training
-            model.eval()
-            maps[name], scores = GradCAMPlusPlus(model).maps_and_scores(images, labels)
-            predicted[name] = scores.argmax(dim=1).tolist()
-            model.train(was_training)
+        maps, predicted, titles = {}, {}, ["image"]
+        for method in self.methods:  # one forward per method and model, every few epochs
+            for name, model in pl_module.explained_models().items():
+                was_training = model.training
+                model.eval()
+                column, scores = EXPLAINERS[method](model).maps_and_scores(images, labels)
+                model.train(was_training)
+                maps[(method, name)] = column
+                predicted.setdefault(name, scores.argmax(dim=1).tolist())
+                titles.append(f"{name}\n{method}")
         captions = []
         for i, label in enumerate(labels.tolist()):
             guesses = [f"{name}: {self._name(p[i])}" for name, p in predicted.items()]
             captions.append(" | ".join([f"true: {self._name(label)}", *guesses]))
-        titles = ["image", *maps]
         row_labels = [caption.replace(" | ", "\n") for caption in captions]
         grid = map_grid(images, maps, self.mean, self.std, titles=titles, row_labels=row_labels)
         strips = [

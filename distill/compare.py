@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from distill.cam import GradCAMPlusPlus
+from distill.cam import CAM_METHODS, GradCAMPlusPlus
 from distill.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
 from distill.config import ConfigError, load_config
 from distill.errors import UserError, report
@@ -42,7 +42,15 @@ from distill.metrics import (
     explanation_confidences,
 )
 
-__all__ = ["METHODS", "check_choices", "compare", "evaluate_student", "main"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "check_choices",
+    "check_method_configs",
+    "compare",
+    "evaluate_student",
+    "main",
+]
 
 WRN_GROUPS = "[{student: block1, teacher: block1}, {student: block2, teacher: block2}, {student: block3, teacher: block3}]"
 CE_ONLY = ["loss.ce_weight=1.0", "loss.kd_weight=0"]
@@ -85,6 +93,11 @@ METHODS: dict[str, list[str]] = {
         "loss.map_distance=cosine",
         "loss.map_normalize=none",
     ],
+    **{
+        f"kd_{name}": [*FIELD_KD, f"loss.map_method={name}"]
+        for name in CAM_METHODS
+        if name != "gradcam_pp"
+    },
 }
 """Loss overrides of each method (on top of the recipe's ``loss`` section). KD is the field's
 (CE 0.1, KD 0.9, T=4: mdistiller, RepDistiller), and the maps are added on top of that same KD;
@@ -94,7 +107,12 @@ field's baselines as their authors run them (docs/baselines.md): DKD (CE 1, alph
 ``loss.dkd_beta`` from the recipe, T 4, 20-epoch warm-up); KD with logit standardisation
 (CE 0.1, KD 9, base temperature 2); DKD with it; CAT-KD (CE 1 + ``loss.cat_beta`` x CAT, no
 logit KD); e2KD (CE 1 + KD 1 at T 1 + 1 x (1 - cos) of Grad-CAM maps of the teacher's top-1
-class, :mod:`distill.losses.e2kd`)."""
+class, :mod:`distill.losses.e2kd`). ``kd_gradcam_pp`` keeps the recipe's map method, ``kd_<name>``
+sets ``loss.map_method=<name>`` for every other method of :data:`distill.cam.CAM_METHODS`
+(``kd_cam`` only where the map layers feed the pooled heads: :func:`check_method_configs`
+refuses it elsewhere)."""
+DEFAULT_METHODS = ("ce", "kd", "at", "gradcam", "gradcam_pp", "kd_gradcam_pp")
+"""What ``--methods`` compares when not given."""
 
 
 @torch.no_grad()
@@ -180,6 +198,16 @@ def check_choices(methods: Sequence[str], seeds: Sequence[int]) -> None:
         raise ConfigError("--seeds is empty; name one or more seeds, e.g. --seeds 0,1,2")
 
 
+def check_method_configs(config: str, overrides: Sequence[str], methods: Sequence[str]) -> None:
+    """Load each method's config before anything trains, so that a method the recipe cannot
+    run (``kd_cam`` away from the pooled-head layers) is refused at once, in one line."""
+    for method in dict.fromkeys(methods):
+        try:
+            load_config(config, [*overrides, *METHODS[method]])
+        except ConfigError as error:
+            raise ConfigError(f"--methods {method}: {error}") from None
+
+
 def _variants(
     methods: Sequence[str], sweep: tuple[str, list[str]] | None
 ) -> list[tuple[str, str, list[str]]]:
@@ -235,6 +263,7 @@ def compare(
 
     check_choices(methods, seeds)
     base = load_config(config, list(overrides))
+    check_method_configs(config, overrides, methods)
     out = (
         Path(base.output_dir)
         / f"compare-{base.name}"
@@ -351,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="quickstart")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument(
-        "--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}"
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from {','.join(METHODS)}",
     )
     parser.add_argument(
         "--sweep",
@@ -379,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = parse_sweep(args.sweep) if args.sweep else None
         check_choices(methods, seeds)
         load_config(args.config, args.overrides)
+        check_method_configs(args.config, args.overrides, methods)
     except ValueError as error:  # a ConfigError, or a seed that is not a number
         return report(error if isinstance(error, UserError) else ConfigError(f"--seeds: {error}"))
     try:

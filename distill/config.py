@@ -274,6 +274,8 @@ class LoggingConfig:
     group: str | None = None  # wandb group; None: the run directory's name (one per run)
     map_images: int = 8  # validation images whose maps are logged
     map_every_n_epochs: int = 5
+    # methods drawn side by side (names of distill.cam.CAM_METHODS; cam: pooled layer only)
+    map_methods: list[str] = field(default_factory=lambda: ["gradcam_pp"])
     explanation_metrics: bool = False  # validation Average Drop, Increase in Confidence, Loc
 
 

@@ -189,6 +189,7 @@ def _validate_models(cfg: DictConfig) -> None:
                 message = f"loss.cat_weight>0, {role}.name={cfg[role].name!r}: {error}"
                 raise ConfigError(message) from None
     _validate_cam_layers(cfg, models)
+    _validate_map_methods(cfg, models)
     size = OmegaConf.select(cfg, "data.image_size", default=None)
     if size:  # else the size is known once the data is loaded; the run checks it then
         from distill.resolution import check_map_grids
@@ -196,6 +197,39 @@ def _validate_models(cfg: DictConfig) -> None:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         check_map_grids(cfg, (3, int(height), int(width)))
     _warn_compile_fallback(cfg, models["student"])
+
+
+def _validate_map_methods(cfg: DictConfig, models: dict[str, Any]) -> None:
+    """``logging.map_methods``: one or more names of ``CAM_METHODS``, each once; ``cam`` only
+    where the models' ``cam_layer`` feeds their pooled heads (the maps are drawn there)."""
+    from distill.cam import CAM_METHODS, CAM_RULES, pooled_head
+
+    methods = list(cfg.logging.map_methods or [])
+    if not methods:
+        raise ConfigError(
+            f"logging.map_methods is empty; name one or more of {', '.join(CAM_METHODS)}"
+        )
+    for method in methods:
+        if method not in CAM_METHODS:
+            close = difflib.get_close_matches(str(method), list(CAM_METHODS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"logging.map_methods: {method!r} is not valid{hint}; choose from "
+                f"{', '.join(CAM_METHODS)}"
+            )
+    if len(set(methods)) < len(methods):
+        raise ConfigError(f"logging.map_methods={methods} names a method twice")
+    drawn = ["teacher"] if cfg.stage == "teacher" else ["teacher", "student"]
+    for method in methods:
+        if CAM_RULES[method].gradient != "classifier":
+            continue
+        for role in drawn:
+            layer = getattr(models[role], "cam_layer", "")
+            if pooled_head(models[role], layer) is None:
+                raise ConfigError(
+                    f"logging.map_methods: {method} needs the {role}'s pooled-head layer; its "
+                    f"cam_layer {layer!r} does not feed it: choose another method"
+                )
 
 
 def _validate_cam_layers(cfg: DictConfig, models: dict[str, Any]) -> None:

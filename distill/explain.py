@@ -1,10 +1,12 @@
 """Explain a trained model's predictions on image files.
 
 ``python -m distill.explain CHECKPOINT IMAGE_OR_FOLDER... --out DIR [--teacher CHECKPOINT]
-[--batch-size N] [--target predicted|INDEX|CLASS] [--device DEVICE]`` writes
-``DIR/<image name>.png`` for every image: the image, the model's Grad-CAM++ map over it and,
-with a teacher, the teacher's map beside it, each captioned with the model's role (student or
-teacher), the predicted class and its probability. Images are decoded as training decodes
+[--batch-size N] [--target predicted|INDEX|CLASS] [--method NAME[,NAME...]|all]
+[--device DEVICE]`` writes ``DIR/<image name>.png`` for every image: the image, then per method
+(default ``gradcam_pp``; ``all``: every one of :data:`distill.cam.CAM_METHODS` the models
+support) the model's map over it and, with a teacher, the teacher's map beside it, each
+captioned with the model's role (student or teacher), the predicted class, its probability and
+the method. Images are decoded as training decodes
 them (:func:`distill.data.decode.pil_rgb`: 16-bit files keep their high byte). CHECKPOINT is anything
 :func:`distill.load_model` reads (a checkpoint, a run directory, an export). Without
 ``--teacher`` the teacher a student checkpoint records is drawn when that file still exists
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
-from distill.cam import GradCAMPlusPlus
+from distill.cam import CAM_METHODS, EXPLAINERS, pooled_head
 from distill.checkpoints import load_model, weights_sha256
 from distill.data.decode import pil_rgb
 from distill.data.preprocess import eval_geometry
@@ -83,15 +85,16 @@ def read_images(paths: Sequence[Path], size: tuple[int, int], crop: str = "pad")
 
 
 def explain_batch(
-    model: nn.Module, pictures: Tensor, target: int | None = None
+    model: nn.Module, pictures: Tensor, target: int | None = None, method: str = "gradcam_pp"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Probabilities ``[B, C]``, predicted classes ``[B]`` and Grad-CAM++ maps ``[B, h, w]``.
+    """Probabilities ``[B, C]``, predicted classes ``[B]`` and maps ``[B, h, w]``.
 
     Args:
         model: a network from :func:`distill.load_model` (its ``mean``, ``std`` and
             ``image_size`` prepare the input).
         pictures: ``[B, 3, H, W]`` RGB in [0, 1].
         target: the class to explain; ``None``: each image's predicted class.
+        method: a name of :data:`distill.cam.CAM_METHODS`.
     """
     if model.image_size and tuple(pictures.shape[-2:]) != tuple(model.image_size):
         pictures = F.interpolate(pictures, size=model.image_size, mode="bilinear", antialias=True)
@@ -99,7 +102,7 @@ def explain_batch(
     std = torch.tensor(model.std or (1.0,) * 3, device=pictures.device)[:, None, None]
     images = (pictures - mean) / std
     targets = None if target is None else torch.full((len(images),), target, device=images.device)
-    maps, scores = GradCAMPlusPlus(model).maps_and_scores(images, targets)
+    maps, scores = EXPLAINERS[method](model).maps_and_scores(images, targets)
     probs = scores.softmax(dim=1)
     return probs, probs.argmax(dim=1), maps
 
@@ -150,6 +153,41 @@ def _target(text: str, model: nn.Module) -> int | None:
     raise InputError(f"--target {text}: no class of that name{hint}")
 
 
+def _supports(model: nn.Module, method: str) -> bool:
+    """Whether ``method`` draws ``model``'s maps: CAM needs its layer to feed the pooled head."""
+    if EXPLAINERS[method].rule.gradient != "classifier":
+        return True
+    return pooled_head(model, getattr(model, "cam_layer", "")) is not None
+
+
+def _methods(text: str, models: dict[str, nn.Module]) -> list[str]:
+    """``--method``: ``all``, or names of :data:`distill.cam.CAM_METHODS`, comma-separated."""
+    if text == "all":
+        chosen = [m for m in CAM_METHODS if all(_supports(x, m) for x in models.values())]
+        skipped = [m for m in CAM_METHODS if m not in chosen]
+        if skipped:
+            print(f"note: {', '.join(skipped)} not drawn: no pooled-head layer", file=sys.stderr)
+        return chosen
+    chosen = list(dict.fromkeys(filter(None, text.split(","))))
+    for method in chosen or [text]:
+        if method not in CAM_METHODS:
+            close = difflib.get_close_matches(method, list(CAM_METHODS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise InputError(
+                f"--method {method}: no such method{hint}; choose all or from "
+                f"{', '.join(CAM_METHODS)}"
+            )
+    for method in chosen:
+        for name, model in models.items():
+            if not _supports(model, method):
+                raise InputError(
+                    f"--method {method}: the {name}'s cam_layer "
+                    f"{getattr(model, 'cam_layer', None)!r} does not feed its pooled linear head; "
+                    "choose another method"
+                )
+    return chosen
+
+
 def _device(text: str) -> torch.device:
     """``--device``, refused in one line when torch cannot use it here."""
     try:
@@ -189,6 +227,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--target", default="predicted", help="predicted | class index | class name"
     )
+    parser.add_argument(
+        "--method",
+        default="gradcam_pp",
+        help=f"all | one or more (comma-separated) of {', '.join(CAM_METHODS)}",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
@@ -198,25 +241,29 @@ def _role(model: nn.Module) -> str:
     return "student" if model.teacher_info else "teacher"
 
 
-def _caption(name: str, model: nn.Module, predicted: int, prob: float, target: int | None) -> str:
+def _caption(
+    name: str, model: nn.Module, predicted: int, prob: float, target: int | None, method: str
+) -> str:
     def label(index: int) -> str:
         return model.classes[index] if model.classes else str(index)
 
     explained = "" if target is None else f", map of {label(target)}"
-    return f"{name}: {label(predicted)}\np={prob:.2f}{explained}"
+    return f"{name}: {label(predicted)} p={prob:.2f}\n{method}{explained}"
 
 
 def _columns(
-    models: dict[str, nn.Module], pictures: Tensor, target: int | None
+    models: dict[str, nn.Module], pictures: Tensor, target: int | None, methods: Sequence[str]
 ) -> tuple[list[Tensor], list[list[str]]]:
-    """Per model, the overlays of a batch and their captions."""
+    """Per method, per model, the overlays of a batch and their captions (one forward pass per
+    method and model: each method's explainer runs its own)."""
     columns, captions = [], []
-    for name, model in models.items():
-        probs, predicted, maps = explain_batch(model, pictures, target)
-        columns.append(overlay_maps(pictures, maps.to(pictures.device)))
-        confidence = probs.gather(1, predicted[:, None])[:, 0]
-        pairs = zip(predicted.tolist(), confidence.tolist(), strict=True)
-        captions.append([_caption(name, model, c, p, target) for c, p in pairs])
+    for method in methods:
+        for name, model in models.items():
+            probs, predicted, maps = explain_batch(model, pictures, target, method)
+            columns.append(overlay_maps(pictures, maps.to(pictures.device)))
+            confidence = probs.gather(1, predicted[:, None])[:, 0]
+            pairs = zip(predicted.tolist(), confidence.tolist(), strict=True)
+            captions.append([_caption(name, model, c, p, target, method) for c, p in pairs])
     return columns, captions
 
 
@@ -247,6 +294,9 @@ def _run(args: argparse.Namespace) -> str:
     for name, model in models.items():
         if target is not None and not target < model.num_classes:
             raise InputError(f"--target {args.target}: the {name} has {model.num_classes} classes")
+    methods = _methods(args.method, models)
+    if not methods:
+        raise InputError(f"--method {args.method}: no method draws these models")
     size = student.image_size or (224, 224)
     batch = max(1, args.batch_size)
     _out_dir(args.out)
@@ -254,7 +304,7 @@ def _run(args: argparse.Namespace) -> str:
     for start in range(0, len(files), batch):
         paths = files[start : start + batch]
         pictures = read_images(paths, size, student.crop).to(device)
-        columns, captions = _columns(models, pictures, target)
+        columns, captions = _columns(models, pictures, target, methods)
         captions.insert(0, [f"{path.name}\n" for path in paths])
         for i, path in enumerate(paths):
             panels = [pictures[i], *(column[i] for column in columns)]
@@ -263,7 +313,7 @@ def _run(args: argparse.Namespace) -> str:
             )
             row.save(args.out / _unique(path, used))
     drawn = " and ".join(f"{name} {model.model_name}" for name, model in models.items())
-    return f"wrote {len(files)} explanations ({drawn}) to {args.out}"
+    return f"wrote {len(files)} explanations ({drawn}; {', '.join(methods)}) to {args.out}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

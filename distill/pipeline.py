@@ -145,6 +145,7 @@ def _map_callback(cfg: DictConfig, dm: Any, run_dir: Path, stage: str) -> MapIma
         std=dm.std,
         every_n_epochs=cfg.logging.map_every_n_epochs,
         class_names=dm.classes,
+        methods=cfg.logging.map_methods,
     )
 
 

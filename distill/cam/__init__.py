@@ -10,6 +10,7 @@ from distill.cam.capture import (
 )
 from distill.cam.explainers import (
     CAM,
+    EXPLAINERS,
     BaseCAM,
     EigenCAM,
     GradCAM,
@@ -55,6 +56,7 @@ __all__ = [
     "CAM",
     "CAM_METHODS",
     "CAM_RULES",
+    "EXPLAINERS",
     "BaseCAM",
     "EigenCAM",
     "GradCAM",

@@ -20,6 +20,7 @@ from distill.cam.tokens import token_layout
 
 __all__ = [
     "CAM",
+    "EXPLAINERS",
     "BaseCAM",
     "EigenCAM",
     "GradCAM",
@@ -153,3 +154,16 @@ class EigenCAM(BaseCAM):
     """Eigen-CAM: first principal component of the activations; no gradient, no class."""
 
     rule = methods.EIGENCAM
+
+
+EXPLAINERS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam_pp": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "hirescam": HiResCAM,
+    "gradcam_elementwise": GradCAMElementWise,
+    "cam": CAM,
+    "eigencam": EigenCAM,
+}
+"""Inference wrappers by the names configs and tools use (those of ``CAM_METHODS``)."""

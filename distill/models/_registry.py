@@ -237,6 +237,10 @@ def _set_cam_layer(model: nn.Module, layer: str) -> nn.Module:
         close = difflib.get_close_matches(layer, [n for n in names if n], n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"cam_layer {layer!r} is not a layer of the model{hint}")
+    if getattr(model, "has_pooled_linear_head", False) and not getattr(
+        model, "pooled_head_layer", None
+    ):
+        model.pooled_head_layer = model.cam_layer  # the pooled head is still fed from there
     model.cam_layer = chosen
     return model
 
