@@ -9,7 +9,7 @@ Sections:
     tests        pytest: the ``gpu``-marked tests on CUDA (fp16 + GradScaler with the double
                  backward, bf16, channels_last, on-device augmentation, compiled step); on the
                  CPU, the CPU side of ``tests/test_device.py`` and ``tests/test_precision.py``
-    bench_maps   Grad-CAM++ maps, forward included
+    bench_maps   the maps of every CAM method against the peers', forward included
     bench_step   the training step under each loss (+ torch.compile rows on CUDA)
     bench_data   the input pipeline (the JPEG copy when ``--data`` is given, else shapes)
     cifar        teacher then student with ``train.py`` on the JPEG copy: images/s, accuracy
@@ -251,9 +251,9 @@ def plan(args: argparse.Namespace) -> dict[str, Callable[[], Section]]:
     """The sections to run, by name, at the sizes ``args`` asks for."""
     d, q = args.device, args.quick
     limit = {name: seconds * (1 if d == "cuda" else 5) for name, seconds in LIMITS.items()}
-    maps = ["--device", d, "--batches", "8", "--repeats", "2"]
-    if not q:
-        maps = ["--device", d, "--batches", "8", "128", "512", "--repeats", "5"]
+    maps = ["--device", d, "--batch", "8" if q else "128", "--repeats", "2" if q else "5"]
+    if q:
+        maps += ["--models", "wrn_16_1"]
     step = ["--device", d, "--batch", "8" if q else "128", "--repeats", "2" if q else "5"]
     if q:
         step += ["--teacher", "wrn_16_1", "--student", "wrn_16_1"]
