@@ -217,7 +217,7 @@ def test_explain_captions_a_teacher_checkpoint_as_the_teacher(
     assert explain.main([str(teacher_ckpt), str(picture), "--out", str(tmp_path / "o")]) == 0
     ((_, caption),) = seen
     assert caption.startswith("teacher: ") and "student" not in caption
-    assert "(teacher wrn_16_1)" in capsys.readouterr().out
+    assert "(teacher wrn_16_1; gradcam_pp)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("given, index", [("dog", 2), ("café", 0), ("猫", 1), ("DOG", 2), ("1", 1)])
