@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from distill.callbacks import INTERRUPTED
 from distill.checkpoints import CheckpointError
 from distill.config import ConfigError
+from distill.models.weights import describe_load_error
 from distill.run_dir import launched_worker
 
 __all__ = [
@@ -105,9 +106,8 @@ def resume_checkpoint(run_dir: Path, stage: str, module: Any) -> str | None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupt, or holding more than tensors
-        reason = " ".join(str(error).split())[:200]
         raise CheckpointError(
-            f"cannot resume from {path}: it cannot be read ({type(error).__name__}: {reason}); "
+            f"cannot resume from {path}: it {describe_load_error(error, path)}; "
             "the run was left as it was"
         ) from None
     module.check_checkpoint(checkpoint)
