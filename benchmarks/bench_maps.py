@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (OPENBLAS_NUM_THREADS is set before NumPy is imported)
 """Maps of every CAM method: distill vs pytorch-grad-cam vs torchcam, forward pass included.
 
 One row per method and model, all timed round-robin in one run. Every implementation produces
@@ -16,6 +17,13 @@ Usage:
 """
 
 from __future__ import annotations
+
+import os
+
+# pytorch-grad-cam computes in NumPy. OpenBLAS's threads keep spinning after each call and take
+# the cores from whatever is timed next (a no-grad forward measured 222 ms after them, 144 ms
+# without), so NumPy gets one thread: the peers lose nothing measurable, the order stops mattering.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 from collections.abc import Callable
