@@ -1,0 +1,34 @@
+"""A griffe extension for the API pages: the docstrings' reST roles, as markdown.
+
+The package's docstrings are Google style, with Sphinx roles here and there
+(:func:`build_model`, :mod:`~distill.data.sampling`). Markdown has no roles, so mkdocstrings
+would print ``:func:`` before each name. This extension rewrites a role to the code span Sphinx
+would show (``~`` keeps the last dotted part); the source files stay as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+ROLE = re.compile(r":(?:py:)?(?:func|meth|class|mod|data|attr|obj|exc|const):`(~?)([^`]+)`")
+
+
+def _code_span(match: re.Match[str]) -> str:
+    tilde, target = match.groups()
+    return f"`{target.rsplit('.', 1)[-1] if tilde else target}`"
+
+
+def rewrite(text: str) -> str:
+    """``:func:`~a.b.c``` -> ```c```, ``:class:`A``` -> ```A```."""
+    return ROLE.sub(_code_span, text)
+
+
+class RstRoles(griffe.Extension):
+    """Rewrite the roles of every docstring as it is loaded."""
+
+    def on_instance(self, *, node: Any, obj: griffe.Object, agent: Any, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = rewrite(obj.docstring.value)
