@@ -121,7 +121,7 @@ class DataConfig:
     """Dataset and loader settings: shared options, then one section per dataset (only the
     section of ``name`` is used, so a recipe can switch datasets with ``data.name``)."""
 
-    name: str = "shapes"  # shapes (generated, offline), cifar10, cifar100, imagefolder, stream
+    name: str = "shapes"  # the dataset; shapes is generated in memory (offline)
     root: str | None = None  # cifar, imagefolder: dataset folder; None: ~/.cache/distill/data
     batch_size: int = 128  # global batch, split across devices
     # Drop each epoch's last incomplete training batch (timm's default): a batch of one image

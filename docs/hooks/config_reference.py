@@ -27,10 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The checkout this file belongs to documents its own code, whatever else is installed.
+# The checkout this file belongs to documents its own code, whatever else is installed
+# (mkdocs restores sys.path after loading a hook, so this is done when the page is made).
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+
+
+def _this_checkout() -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    loaded = sys.modules.get("distill")
+    if loaded is not None and Path(loaded.__file__).resolve().parent != ROOT / "distill":
+        raise RuntimeError(f"distill is imported from {loaded.__file__}, not from {ROOT}")
+
 
 PAGE = "reference/config.md"
 
@@ -144,6 +152,7 @@ def _element_dataclass(tp: Any) -> type | None:
 
 def schema(node: Any = None, prefix: str = "", choices: dict[str, Any] | None = None) -> Entry:
     """The schema as a tree of :class:`Entry`, from a dataclass instance (its defaults)."""
+    _this_checkout()
     from distill.config import RunConfig
     from distill.config import choices as config_choices
 
@@ -191,6 +200,12 @@ def leaves(entry: Entry) -> list[Entry]:
     return out
 
 
+def _code(text: str) -> str:
+    """A code span that survives a table cell: raw HTML, so that ``|`` cannot split the cell."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"<code>{text.replace('|', '&#124;')}</code>"
+
+
 def _cell(text: str) -> str:
     text = text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
     return re.sub(r"docs/(\w+)\.md", r"[docs/\1.md](../\1.md)", text)
@@ -201,18 +216,16 @@ def _row(entry: Entry) -> str:
     if entry.choices:
         listed = ", ".join(f"`{_yaml(c)}`" for c in entry.choices)
         meaning = f"{meaning.rstrip('.')}. One of {listed}." if meaning else f"One of {listed}."
-    return (
-        f"| `{entry.key}` | `{_cell(entry.type)}` | `{_cell(entry.default)}` "
-        f"| {_cell(meaning)} |"
-    )
+    return f"| `{entry.key}` | {_code(entry.type)} | {_code(entry.default)} | {_cell(meaning)} |"
 
 
 def _table(rows: list[Entry]) -> list[str]:
-    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    out = ['<div class="config-table" markdown>', ""]
+    out += ["| key | type | default | meaning |", "|---|---|---|---|"]
     for row in rows:
         out.append(_row(row))
         out += [_row(sub) for sub in row.rows]  # the fields of list-of-pairs keys
-    return out
+    return [*out, "", "</div>"]
 
 
 def _section(entry: Entry, level: int) -> list[str]:

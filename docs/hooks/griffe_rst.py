@@ -1,4 +1,4 @@
-"""A griffe extension for the API pages: the docstrings' reST roles, as markdown.
+"""A griffe extension for the API pages: the docstrings' reST roles and ``Example:`` sections.
 
 The package's docstrings are Google style, with Sphinx roles here and there
 (:func:`build_model`, :mod:`~distill.data.sampling`). Markdown has no roles, so mkdocstrings
@@ -21,9 +21,14 @@ def _code_span(match: re.Match[str]) -> str:
     return f"`{target.rsplit('.', 1)[-1] if tilde else target}`"
 
 
+EXAMPLE = re.compile(r"^(\s*)Example:[ \t]*$", re.M)
+
+
 def rewrite(text: str) -> str:
-    """``:func:`~a.b.c``` -> ```c```, ``:class:`A``` -> ```A```."""
-    return ROLE.sub(_code_span, text)
+    """``:func:`~a.b.c``` -> ```c```, ``:class:`A``` -> ```A```; an ``Example:`` section is
+    read as griffe's ``Examples:`` section, whose ``>>>`` lines become code (as a singular it
+    would be an admonition, and markdown would read ``>>>`` as nested quotes)."""
+    return EXAMPLE.sub(r"\1Examples:", ROLE.sub(_code_span, text))
 
 
 class RstRoles(griffe.Extension):
