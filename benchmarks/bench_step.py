@@ -43,6 +43,11 @@ VARIANTS: dict[str, dict] = {
         "map_layers": [("block2", "block2", 1.0)]
     },
     "CE + KD + Grad-CAM (default layer)": {"map_method": "gradcam"},
+    # Every other CAM method as compare.py's kd_<method> trains with it.
+    **{
+        f"CE + KD + {name} (default layer)": {"map_method": name}
+        for name in ("xgradcam", "layercam", "hirescam", "gradcam_elementwise", "cam", "eigencam")
+    },
     "CE + KD + attention transfer (3 groups)": {
         "map_weight": 0.0,
         "at_weight": 1000.0,

@@ -14,7 +14,7 @@ a trained network attends to.
 
 Usage:
     python benchmarks/cam_similarity.py [--model wrn_16_2] [--checkpoint PATH] [--batch 64]
-        [--data-root /path/to/cifar10-jpeg/test]
+        [--config shapes_wrn | --data-root /path/to/cifar10-jpeg/test] [--middle block2]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from _common import table  # benchmarks/ is on sys.path
 from distill.cam import CAM_METHODS, capture_activations, pooled_head
 from distill.models import build_model
 
-LAYERS = {"last stage (pooled head)": None, "middle stage": "block2"}
+LAYERS = {"last stage (pooled head)": None, "middle stage": "--middle"}
 
 
 def load(model_name: str, checkpoint: str | None) -> tuple[torch.nn.Module, str]:
@@ -51,9 +51,22 @@ def load(model_name: str, checkpoint: str | None) -> tuple[torch.nn.Module, str]
     return model, note
 
 
-def images_and_targets(batch: int, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of a class-per-folder tree (e.g. CIFAR-10's test split as JPEGs) with their
-    labels, spread over the classes; without one, Gaussian noise and random classes."""
+def images_and_targets(
+    batch: int, data_root: str | None, config: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test images of a recipe's data (``config``, e.g. ``shapes_wrn``: normalised as that
+    recipe trains), or of a class-per-folder tree (e.g. CIFAR-10's test split as JPEGs), with
+    their labels, spread over the classes; without either, Gaussian noise and random classes."""
+    if config:
+        from omegaconf import OmegaConf
+
+        from distill.config import load_config
+        from distill.data import datamodule_from_config
+
+        cfg = load_config(config, [])
+        dm = datamodule_from_config(OmegaConf.to_container(cfg.data), seed=cfg.seed)
+        dm.setup("test")
+        return dm.fixed_batch(batch, "test")
     if data_root:
         from torchvision import datasets, transforms
 
@@ -107,12 +120,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--data-root", default=None, help="class-per-folder images (else noise)")
+    parser.add_argument("--config", default=None, help="a recipe whose test images to use")
+    parser.add_argument("--middle", default="block2", help="the middle-stage layer's name")
     args = parser.parse_args()
     model, weights = load(args.model, args.checkpoint)
-    images, targets = images_and_targets(args.batch, args.data_root)
-    print(f"model={args.model} weights: {weights}; batch {args.batch}")
+    images, targets = images_and_targets(args.batch, args.data_root, args.config)
+    data = args.config or args.data_root or "noise"
+    print(f"model={args.model} weights: {weights}; {len(images)} test images of {data}")
     for title, layer in LAYERS.items():
-        layer = layer or model.cam_layer
+        layer = model.cam_layer if layer is None else args.middle
         maps = method_maps(model, layer, images, targets)
         print(f"\n## {title}: {layer}\n\n{similarity_table(maps)}")
         pairs = itertools.combinations(maps, 2)

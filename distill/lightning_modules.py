@@ -107,6 +107,13 @@ class _ClassificationModule(L.LightningModule):
         """The teacher's outputs carried by a training batch (a teacher cache), if any."""
         return None
 
+    def cached_val_teacher(
+        self, batch: tuple[Tensor, ...]
+    ) -> tuple[tuple[Tensor, ...], TeacherOutputs | None]:
+        """A validation batch without the cached teacher rows it carries, and those rows as
+        teacher outputs (``None`` when the teacher runs live)."""
+        return batch, None
+
     def on_train_start(self) -> None:
         # Drop what the sanity check accumulated. ``val_acc_best`` is left alone: the sanity
         # check never updates it, and a resumed run has just restored it.
@@ -146,8 +153,9 @@ class _ClassificationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        batch, teacher = self.cached_val_teacher(batch)
         images, labels = batch[0], batch[1]
-        loss, logits = self.model_step(images, labels, "val")
+        loss, logits = self.model_step(images, labels, "val", teacher)
         self.val_loss(loss)
         self.val_acc(logits, labels)
         self.val_acc5(logits, labels)
@@ -263,7 +271,9 @@ class DistillModule(_ClassificationModule):
         teacher_path: the teacher's checkpoint, recorded in the student's checkpoints.
         teacher_cache: read the teacher's training outputs from this cache (the datamodule
             appends them to each training batch, see ``attach_teacher_cache``) instead of
-            running the teacher; validation still runs it.
+            running the teacher.
+        val_teacher_cache: the same for validation batches (one pass over the validation
+            split, whose transforms are deterministic). Testing never runs the teacher.
         **options: ``explanation_metrics``, ``mean``, ``std``, ``classes``, ``image_size``.
     """
 
@@ -278,12 +288,14 @@ class DistillModule(_ClassificationModule):
         model_kwargs: dict[str, Any] | None = None,
         teacher_path: str | None = None,
         teacher_cache: TeacherCache | None = None,
+        val_teacher_cache: TeacherCache | None = None,
         **options: Any,
     ) -> None:
         super().__init__(num_classes, optim, epochs, **options)
-        self.save_hyperparameters(ignore=["distiller", "teacher_cache"])
+        self.save_hyperparameters(ignore=["distiller", "teacher_cache", "val_teacher_cache"])
         self.distiller = distiller
         self.teacher_cache = teacher_cache
+        self.val_teacher_cache = val_teacher_cache
         # Hashed once, as loaded: the teacher is frozen, so this is what every checkpoint records.
         self.teacher_sha256 = weights_sha256(distiller.teacher)
         self.val_agreement = TopOneAgreement()
@@ -300,6 +312,13 @@ class DistillModule(_ClassificationModule):
     def cached_teacher(self, batch: tuple[Tensor, ...]) -> TeacherOutputs | None:
         return None if self.teacher_cache is None else self.teacher_cache.unpack(batch[-1])
 
+    def cached_val_teacher(
+        self, batch: tuple[Tensor, ...]
+    ) -> tuple[tuple[Tensor, ...], TeacherOutputs | None]:
+        if self.val_teacher_cache is None:
+            return batch, None
+        return batch[:-1], self.val_teacher_cache.unpack(batch[-1])
+
     def model_step(
         self, images: Tensor, labels: Tensor, stage: str, teacher: TeacherOutputs | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -310,10 +329,13 @@ class DistillModule(_ClassificationModule):
                 part(value, len(labels))
                 self.log(f"train/{name}", part, on_step=True, on_epoch=True)
             return out.loss, out.logits
+        if stage == "test":  # only the student's accuracy is tested: the teacher is not run
+            logits = self.distiller.student(images)
+            return F.cross_entropy(logits, labels).detach(), logits.detach()
         grad = torch.enable_grad() if self.distiller.student_maps_need_grad else nullcontext()
         with grad:
             out = self.distiller(
-                images, labels, return_maps=(stage == "val"), epoch=self.current_epoch
+                images, labels, return_maps=True, teacher=teacher, epoch=self.current_epoch
             )
         if stage == "val":
             self.val_agreement(out.logits, out.teacher_logits)

@@ -362,10 +362,13 @@ def _distiller(
     return ExplanationDistiller(teacher, student, **options)
 
 
-def _teacher_cache(cfg: DictConfig, distiller: ExplanationDistiller, dm: Any) -> TeacherCache:
-    """The run's teacher cache, built on first use. Its key is everything that changes what
-    the teacher sees or returns: its weights, the data and its stream, the map settings, the
-    precision, the memory format and the process layout."""
+def _teacher_cache(
+    cfg: DictConfig, distiller: ExplanationDistiller, dm: Any, split: str = "train"
+) -> TeacherCache:
+    """The run's teacher cache of ``split`` (the training stream, or the validation split),
+    built on first use. Its key is everything that changes what the teacher sees or returns:
+    its weights, the data and its stream, the map settings, the precision, the memory format
+    and the process layout."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     own = data.get(SECTIONS[cfg.data.name])  # the other datasets' sections are not read
     for unused in ("num_workers", "augment_seed", *SECTIONS.values()):
@@ -384,6 +387,11 @@ def _teacher_cache(cfg: DictConfig, distiller: ExplanationDistiller, dm: Any) ->
         },
         "trainer": {k: trainer[k] for k in (*layout, "limit_train_batches", "channels_last")},
     }
+    limit = "limit_train_batches"
+    if split == "val":  # deterministic transforms: the stream and training length do not matter
+        limit = "limit_val_batches"
+        del key["stream_seed"], key["trainer"]["limit_train_batches"]
+        key["trainer"][limit] = trainer[limit]
     return open_or_build_teacher_cache(
         cfg.teacher_cache.dir or Path(cfg.output_dir) / "teacher_cache",
         key,
@@ -393,9 +401,10 @@ def _teacher_cache(cfg: DictConfig, distiller: ExplanationDistiller, dm: Any) ->
         dtype=cfg.teacher_cache.dtype,
         trainer_kwargs={
             **{k: trainer[k] for k in layout},
-            "limit_train_batches": trainer["limit_train_batches"],
+            limit: trainer[limit],
             "enable_progress_bar": trainer["enable_progress_bar"],
         },
+        split=split,
     )
 
 
@@ -433,8 +442,11 @@ def _train_student(
     _memory_format(student, cfg)
     distiller = _distiller(cfg, teacher, student)
     compile_distiller(distiller, cfg.trainer.compile, warn=False)  # load_config warned
-    cache = _teacher_cache(cfg, distiller, dm) if cfg.teacher_cache.enabled else None
-    dm.attach_teacher_cache(cache)
+    cache = val_cache = None
+    if cfg.teacher_cache.enabled:
+        cache = _teacher_cache(cfg, distiller, dm)
+        val_cache = _teacher_cache(cfg, distiller, dm, split="val")
+    dm.attach_teacher_cache(cache, val_cache)
     module = DistillModule(
         distiller,
         num_classes=dm.num_classes,
@@ -445,6 +457,7 @@ def _train_student(
         model_kwargs=_model_kwargs(cfg.student),
         teacher_path=teacher_path,
         teacher_cache=cache,
+        val_teacher_cache=val_cache,
         explanation_metrics=cfg.logging.explanation_metrics,
         **_inference_info(dm),
     )

@@ -294,8 +294,9 @@ def human_bytes(n: float) -> str:
 
 
 class _TeacherCacheWriter(L.LightningModule):
-    """Runs the teacher over the training stream, batch for batch as a student would see it,
-    and stores its outputs. No optimizer: nothing is trained.
+    """Runs the teacher over the training stream, batch for batch as a student would see it
+    (``fit``), or once over the validation split (``validate``), and stores its outputs. No
+    optimizer: nothing is trained.
 
     Under DDP the first process creates the files once every process has started, the others
     then map them, and each process writes the rows of its own batches. The folder must be on a
@@ -329,14 +330,32 @@ class _TeacherCacheWriter(L.LightningModule):
         outputs = self.distiller.teacher_outputs(images, labels)  # grad only where maps need it
         self.cache.write(self.current_epoch, index, outputs)
 
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        images, labels, index = batch[0], batch[1], batch[-1]
+        with torch.enable_grad():  # maps by autograd need it (the trainer has no inference mode)
+            outputs = self.distiller.teacher_outputs(images, labels)
+        self.cache.write(0, index, outputs)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._stop_if_asked()
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._stop_if_asked()
+
+    def _stop_if_asked(self) -> None:
         if interrupt.agreed(self.trainer):  # SIGINT/SIGTERM: an unfinished cache is rebuilt
             raise interrupt.stop("the teacher cache was not finished (a resume builds it again)")
 
     def on_train_epoch_end(self) -> None:
+        self._complete(self.current_epoch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._complete(0)
+
+    def _complete(self, epoch: int) -> None:
         self.trainer.strategy.barrier()  # every rank has written its shard
         if self.trainer.is_global_zero:
-            self.cache.mark_complete(self.current_epoch)
+            self.cache.mark_complete(epoch)
         self.trainer.strategy.barrier()  # no rank reads the header before it is written
 
     def configure_optimizers(self) -> None:
@@ -376,6 +395,7 @@ def open_or_build_teacher_cache(
     epochs: int,
     dtype: str = "float16",
     trainer_kwargs: Mapping[str, Any] | None = None,
+    split: str = "train",
 ) -> TeacherCache:
     """The cache of ``key`` under ``directory/<hash of key>``, built first if it is missing,
     incomplete or shorter than ``epochs``.
@@ -384,9 +404,15 @@ def open_or_build_teacher_cache(
     in a Lightning loop (``trainer_kwargs``: accelerator, devices, precision, ... as the
     student's), so each batch, its augmentation and its precision are the student's. The
     global RNG state is restored afterwards: a run that builds the cache trains the same
-    student as one that finds it.
+    student as one that finds it. With ``split="val"`` it runs once over the validation split
+    instead (deterministic transforms: one epoch, whatever ``epochs`` says).
     """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    epochs = epochs if split == "train" else 1
     key = {**key, "dtype": dtype}  # what is stored is part of what is asked for
+    if split == "val":
+        key["split"] = split
     if distiller.cat_weight > 0:  # CAT-KD's class maps are stored too
         key["class_maps"] = distiller.cat_size
     folder = Path(directory) / cache_key_digest(key)
@@ -402,7 +428,7 @@ def open_or_build_teacher_cache(
         reason = "none exists yet"
     datamodule.setup("fit")
     num_classes, map_shapes, class_map_shape = _cache_layout(distiller, datamodule.image_shape)
-    num_samples = datamodule.split_size("train")
+    num_samples = datamodule.split_size(split)
     size = TeacherCache.disk_bytes(
         epochs, num_samples, num_classes, map_shapes, dtype, class_map_shape
     )
@@ -416,24 +442,30 @@ def open_or_build_teacher_cache(
         "class_map_shape": class_map_shape,
     }
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    datamodule.index_train_batches = True
+    flag = "index_train_batches" if split == "train" else "index_val_batches"
+    setattr(datamodule, flag, True)
     try:
         with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
             # Nothing is validated or optimised on purpose.
             warnings.filterwarnings("ignore", message=".*no `validation_step`")
             warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `None`")
-            trainer = L.Trainer(
-                max_epochs=epochs,
-                logger=False,
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-                num_sanity_val_steps=0,
-                **dict(trainer_kwargs or {}),
-            )
-            trainer.fit(_TeacherCacheWriter(distiller, folder, key, layout), datamodule=datamodule)
+            options = {
+                "max_epochs": epochs,
+                "logger": False,
+                "enable_checkpointing": False,
+                "enable_model_summary": False,
+                "limit_val_batches": 0 if split == "train" else 1.0,
+                "num_sanity_val_steps": 0,
+                "inference_mode": False,
+            }
+            trainer = L.Trainer(**(options | dict(trainer_kwargs or {})))
+            writer = _TeacherCacheWriter(distiller, folder, key, layout)
+            if split == "train":
+                trainer.fit(writer, datamodule=datamodule)
+            else:
+                trainer.validate(writer, datamodule=datamodule, verbose=False)
     finally:
-        datamodule.index_train_batches = False
+        setattr(datamodule, flag, False)
     cache = TeacherCache.open(folder, key)  # as written to disk, by every rank
     if not cache.is_complete():
         raise TeacherCacheError(f"building the teacher cache at {folder} stopped early")

@@ -143,6 +143,38 @@ def test_a_float32_cached_run_trains_the_same_student_as_a_live_run(
         assert weights.keys() == reference.keys()
         assert all(torch.equal(weights[k], reference[k]) for k in reference)
         assert summary["student"]["test_acc"] == live["student"]["test_acc"]
+        # validation read the teacher's outputs from the validation cache: the same metrics
+        for key in ("val_agreement", "val_map_similarity", "val_teacher_acc", "val_kd", "val_map"):
+            assert summary["student"][key] == pytest.approx(live["student"][key], abs=1e-6), key
+
+
+def test_a_run_that_finds_its_caches_never_runs_the_teacher(
+    shapes_teacher, tiny_overrides_for, monkeypatch
+):
+    """Training, validation and test read the teacher's outputs (test needs none): once both
+    caches exist, a student costs what a CE student costs."""
+    monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
+    cache = ["teacher_cache.enabled=true", "data.augment_seed=9", "logging.map_every_n_epochs=0"]
+    built = _student(shapes_teacher, tiny_overrides_for, *cache)
+    calls = []
+    original = ExplanationDistiller._run_teacher
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExplanationDistiller, "_run_teacher", counted)
+    read = _student(shapes_teacher, tiny_overrides_for, *cache)
+    assert calls == []
+    assert read["student"]["val_agreement"] == built["student"]["val_agreement"]
+    folders = [
+        p.parent for p in Path(built["student"]["teacher_cache"]).parent.glob("*/header.json")
+    ]
+    headers = [json.loads((f / "header.json").read_text()) for f in folders]
+    # one validation cache per storage dtype, shared by every augmentation stream; it holds
+    # one pass over the holdout
+    (val,) = [h for h in headers if h["key"].get("split") == "val" and h["dtype"] == "float16"]
+    assert val["epochs"] == 1 and val["complete"] == [0] and val["num_samples"] > 0
 
 
 def test_half_storage_is_its_own_cache_and_another_stream_is_another_cache(

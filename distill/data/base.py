@@ -114,6 +114,7 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
             seed=self.stream_seed,
         )
         self.index_train_batches = False  # training batches end with their sample indices
+        self.index_val_batches = False  # validation batches end with their sample indices
         self._train_sampler: ShardedIndexSampler | None = None
         self._stored: dict[str, Split] = {}  # storage key -> its samples
         self._views: dict[str, Split] = {}  # split -> its samples (a view of a storage key)
@@ -286,7 +287,7 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
             keep=2 + self._extras(split),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            with_index=train and (self.index_train_batches or self.teacher_cache is not None),
+            with_index=self._indexed(split),
         )
         loader = self._split(split).loader(spec, self.transforms)
         if train:
@@ -296,6 +297,12 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
             if fit_loop is not None:  # start at the epoch a resumed fit is in
                 start_at_epoch(loader, fit_loop.epoch_progress.current.processed)
         return loader
+
+    def _indexed(self, split: str) -> bool:
+        """Whether ``split``'s batches end with their sample indices (a teacher cache's rows)."""
+        if split == "train":
+            return self.index_train_batches or self.teacher_cache is not None
+        return split == "val" and (self.index_val_batches or self.val_teacher_cache is not None)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, sharded training batches (uint8 in memory, normalised float per sample)."""

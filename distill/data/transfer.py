@@ -39,14 +39,18 @@ class BatchTransferHooks:
     def __init__(self) -> None:
         super().__init__()
         self.teacher_cache: Any = None  # see attach_teacher_cache
+        self.val_teacher_cache: Any = None
 
-    def attach_teacher_cache(self, cache: Any) -> None:
-        """Read the teacher's outputs for every training batch from ``cache``.
+    def attach_teacher_cache(self, cache: Any, val_cache: Any = None) -> None:
+        """Read the teacher's outputs for every training batch from ``cache``, and for every
+        validation batch from ``val_cache``.
 
-        Training batches then end with the cache's rows for ``(epoch, their samples)``, read
-        on the host before the transfer (a :class:`distill.TeacherCache`; ``None`` detaches).
+        Those batches then end with the cache's rows for ``(epoch, their samples)`` (epoch 0 for
+        validation: its transforms are deterministic), read on the host before the transfer
+        (:class:`distill.TeacherCache` objects; ``None`` detaches).
         """
         self.teacher_cache = cache
+        self.val_teacher_cache = val_cache
 
     def preprocess(self, batch: Any, train: bool) -> Any:
         """Augment (if ``train``) and normalise the image part of an in-memory batch.
@@ -70,9 +74,13 @@ class BatchTransferHooks:
         return self.preprocess(batch, train)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With a teacher cache, swap a training batch's sample indices for its cached rows."""
+        """With a teacher cache, swap a batch's sample indices for its cached rows."""
         trainer = self.trainer
-        if self.teacher_cache is None or trainer is None or not trainer.training:
+        if trainer is None:
             return batch
-        rows = self.teacher_cache.rows(trainer.current_epoch, batch[-1])
-        return (*batch[:-1], rows)
+        if trainer.training and self.teacher_cache is not None:
+            return (*batch[:-1], self.teacher_cache.rows(trainer.current_epoch, batch[-1]))
+        validating = trainer.validating or trainer.sanity_checking
+        if validating and self.val_teacher_cache is not None:
+            return (*batch[:-1], self.val_teacher_cache.rows(0, batch[-1]))
+        return batch
