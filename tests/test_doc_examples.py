@@ -24,7 +24,11 @@ The fenced code blocks of ``README.md``, ``BENCHMARKS.md`` and ``docs/**/*.md`` 
 - ``text`` blocks are output or a synopsis and are not run. Any other language fails
   :func:`test_every_block_has_a_known_language`.
 
-A block after a ``<!-- doc-test: slow: REASON -->`` line runs only with ``-m slow``.
+A block after a ``<!-- doc-test: slow: REASON -->`` line runs only with ``-m slow``; the
+default suite still checks its commands as above without training anything (configs loaded and
+validated, arguments parsed, ``python -c`` compiled), and compiles a slow Python block.
+Checking only, a ``teacher.checkpoint`` the example names is an empty stand-in (an earlier step
+writes it); running, a tiny teacher is trained there first when an earlier example writes it.
 """
 
 from __future__ import annotations
@@ -270,6 +274,8 @@ class Commands:
             assert rc == 0, f"train.py {args} exited {rc}"
             self.done.append("train.py --resume: ran")
             return
+        if not check_only and "stage=student" in parsed.overrides:
+            self.produce_teacher(parsed.config, parsed.overrides)
         cfg = self.load_config(parsed.config, parsed.overrides)
         if check_only or not runnable(cfg):
             self.done.append(f"train.py --config {parsed.config}: config checked")
@@ -295,6 +301,8 @@ class Commands:
             else:
                 self.done.append("compare.py --merge: arguments parsed (nothing to merge here)")
             return
+        if not check_only:
+            self.produce_teacher(namespace.config, namespace.overrides)
         cfg = self.load_config(namespace.config, namespace.overrides)
         if check_only or not runnable(cfg):
             module = sys.modules[main.__module__]
@@ -314,6 +322,23 @@ class Commands:
         argv += tiny(cfg, _wandb_mode(namespace.overrides))
         assert main(argv) == 0, f"compare.py {argv} failed"
         self.done.append(f"compare.py --config {namespace.config}: ran (tiny, seed {first_seed})")
+
+    def produce_teacher(self, config: str, overrides: list[str]) -> None:
+        """A ``teacher.checkpoint`` the example names but an earlier example writes (the
+        evidence's ``runs/evidence/shapes_teacher.ckpt``): a tiny teacher is trained there first,
+        on runnable data, as that earlier step would."""
+        given = [
+            item.partition("=")[2] for item in overrides if item.startswith("teacher.checkpoint=")
+        ]
+        if not given or not given[-1] or Path(given[-1]).exists():
+            return
+        extra = ["stage=teacher", "teacher.epochs=1", "trainer.check_val_every_n_epoch=1"]
+        cfg = self.load_config(config, [*overrides, *extra])
+        if not runnable(cfg):
+            return
+        rc = self.train_cli.main(["--config", config, *overrides, *extra, *tiny(cfg)])
+        assert rc == 0, f"the tiny teacher for {given[-1]} failed"
+        self.done.append(f"a tiny teacher for {given[-1]}, which an earlier example writes")
 
     def load_config(self, config: str, overrides: list[str]):
         """``load_config``, with an empty stand-in for each weights file that lives outside the
