@@ -66,7 +66,9 @@ def test_config_reference_defaults_are_the_schemas():
 def test_readme_is_a_front_door():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme) + re.findall(r'src="([^"]+)"', readme)
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme) + re.findall(
+        r'src="([^"]+)"', readme
+    )
     for target in links:
         if "://" not in target:
             assert (ROOT / target).exists(), f"README links to a missing file: {target}"
