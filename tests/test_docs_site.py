@@ -93,3 +93,39 @@ def test_site_builds_strict(tmp_path):
     api = (site / "reference" / "api" / "cam.html").read_text()
     assert "gradcam_pp" in api and "GradCAMPlusPlus" in api
     assert (site / "assets" / "katex" / "katex.min.js").is_file()
+
+
+def _documents() -> dict[str, str]:
+    paths = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return {str(path.relative_to(ROOT)): path.read_text() for path in paths}
+
+
+def test_the_names_and_files_the_docs_give_exist():
+    """Every ``distill.x.y`` and ``distill/...``, ``tests/...``, ``benchmarks/...``,
+    ``configs/...`` the README and the pages name in code exists, so a move or a rename shows up
+    here rather than in a reader's ImportError."""
+    import importlib
+
+    missing = []
+    for name, text in _documents().items():
+        for dotted in sorted(set(re.findall(r"`(distill(?:\.[A-Za-z_]\w*)+)", text))):
+            parts = dotted.split(".")
+            if parts[-1] in ("json", "md", "py", "yaml"):  # a file name (distill.json)
+                continue
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                except ImportError:
+                    continue
+                try:
+                    for attr in parts[i:]:
+                        obj = getattr(obj, attr)
+                except AttributeError:
+                    missing.append(f"{name}: {dotted}")
+                break
+        for path in sorted(
+            set(re.findall(r"`((?:distill|tests|benchmarks|configs)/[\w/.-]+)", text))
+        ):
+            if not (ROOT / path.rstrip("/")).exists():
+                missing.append(f"{name}: {path}")
+    assert not missing, f"the docs name what does not exist: {missing}"
