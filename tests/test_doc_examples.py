@@ -250,7 +250,8 @@ class Commands:
         if args[0] == "-m" and args[1].startswith("distill."):
             module = importlib.import_module(args[1])
             argv = _expand(args[2:])
-            if check_only:
+            source = argv[1] if args[1] == "distill.data.stream" else argv[0]
+            if check_only or not Path(source).exists():  # or a checkpoint that is not here
                 with _stop_after_parsing(), pytest.raises(_Parsed):
                     module.main(argv)
                 self.done.append(f"python -m {args[1]}: arguments parsed")
