@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.callbacks import INTERRUPTED
 from distill.checkpoints import CheckpointError
-from distill.config import ConfigError
+from distill.errors import ConfigError
 from distill.models.weights import describe_load_error
 from distill.run_dir import launched_worker
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from distill.config import ConfigError
+from distill.errors import ConfigError
 
 __all__ = ["RUN_DIR_ENV", "launched_worker", "make_run_dir", "write_run_files"]
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distill.config import ConfigError, choices, stages_to_train
+from distill.config.choices import choices
+from distill.config.schema import stages_to_train
+from distill.errors import ConfigError
 
 __all__ = ["validate"]
 
