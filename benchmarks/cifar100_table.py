@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from _common import machine, table  # benchmarks/ is on sys.path
 
 from distill import build_model
-from distill.compare import METHODS
 from distill.config import load_config
 from distill.pipeline import _distiller
+from distill.tools.compare import METHODS
 
 TRAIN_IMAGES = 50_000
 PAIRS: dict[str, list[str]] = {

@@ -46,7 +46,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Imported on first use: ``python -m distill.export`` must find the module not yet imported.
     if name == "export_model":
-        from distill.export import export_model
+        from distill.tools.export import export_model
 
         return export_model
     raise AttributeError(f"module 'distill' has no attribute {name!r}")

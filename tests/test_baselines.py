@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torchdistill.losses.mid_level import ATLoss, KDLoss, LogitStdKDLoss
 
 from distill import ExplanationDistiller, build_model
-from distill.compare import METHODS
 from distill.config import load_config
 from distill.losses import attention_transfer, dkd_loss, e2kd_options, kd_loss
 from distill.teacher_cache import TeacherCache
+from distill.tools.compare import METHODS
 
 CLASSES = 5
 

@@ -19,7 +19,6 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.compare_report import plot, summarize
 from distill.config import ConfigError, load_config
 from distill.data import (
     DatasetNotFoundError,
@@ -30,6 +29,7 @@ from distill.data import (
 from distill.models import build_model
 from distill.pipeline import train
 from distill.resolution import cam_grid
+from distill.tools.compare_report import plot, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -279,7 +279,7 @@ def test_the_1x1_grid_error_suggests_a_size_that_gives_4x4(teacher, size, sugges
     ],
 )
 def test_empty_or_unknown_choices_are_refused(methods, seeds, pattern):
-    from distill.compare import check_choices
+    from distill.tools.compare import check_choices
 
     with pytest.raises(ConfigError, match=pattern) as info:
         check_choices(methods, seeds)

@@ -17,17 +17,17 @@ from PIL import Image
 from distill import explain
 from distill.callbacks import NonFiniteLossError
 from distill.checkpoints import CheckpointError
-from distill.compare import main as compare_main
 from distill.config import ConfigError
 from distill.data.decode import decode_file
 from distill.data.errors import DatasetNotFoundError, UnreadableImageError
 from distill.data.stream import main as stream_main
 from distill.errors import UserError, report
-from distill.explain import InputError, read_images
 from distill.models import build_model
 from distill.models.weights import WeightsError
 from distill.run_dir import make_run_dir
 from distill.teacher_cache import TeacherCacheError
+from distill.tools.compare import main as compare_main
+from distill.tools.explain import InputError, read_images
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["café", "猫", "dog"]

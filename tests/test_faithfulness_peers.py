@@ -398,8 +398,8 @@ def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
     from types import SimpleNamespace
 
     from distill.cam import GradCAMPlusPlus
-    from distill.compare import evaluate_student
-    from distill.compare_report import COLUMNS
+    from distill.tools.compare import evaluate_student
+    from distill.tools.compare_report import COLUMNS
 
     model, images = _wrn_and_images()
     dm = SimpleNamespace(

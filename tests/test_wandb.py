@@ -14,10 +14,10 @@ import wandb
 from omegaconf import OmegaConf
 from PIL import Image
 
-from distill.compare import compare
 from distill.config import load_config
 from distill.loggers import OfflineRun, read_offline_run
 from distill.pipeline import train
+from distill.tools.compare import compare
 from distill.visualize import map_grid
 
 

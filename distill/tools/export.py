@@ -5,7 +5,7 @@
 (``model.safetensors``, or ``model.pt`` without the ``safetensors`` package), ``model.json``
 with what inference needs (architecture, class names, normalisation, image size, CAM layer),
 ``model.pt2``, a ``torch.export`` program that runs with torch alone, and ``model.onnx``
-(:mod:`distill.onnx_export`; optionally returning the Grad-CAM++ maps too)::
+(:mod:`distill.tools.onnx_export`; optionally returning the Grad-CAM++ maps too)::
 
     program = torch.export.load("export/model.pt2").module()
     logits = program(images)  # [B, 3, H, W] normalised as model.json says
@@ -28,7 +28,7 @@ from torch import nn
 
 from distill.checkpoints import EXPORT_FORMAT, STAGES, load_model
 from distill.errors import UserError, report
-from distill.onnx_export import ONNX_FILE, maps_unsupported, missing_onnx_packages, save_onnx
+from distill.tools.onnx_export import ONNX_FILE, maps_unsupported, missing_onnx_packages, save_onnx
 
 __all__ = ["PROGRAM_FILE", "ExportError", "export_model", "main"]
 
@@ -110,7 +110,7 @@ def export_model(
         stage: which network of a run directory.
         onnx: also write ``model.onnx`` (needs the ``onnx`` extra).
         maps: the ONNX graph returns ``(logits, maps)``: the Grad-CAM++ maps of the predicted
-            classes too (pooled-linear heads only; see :mod:`distill.onnx_export`).
+            classes too (pooled-linear heads only; see :mod:`distill.tools.onnx_export`).
 
     Returns:
         Paths of the written files: ``weights``, ``metadata``, ``program`` and ``onnx``.
