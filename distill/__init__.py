@@ -44,7 +44,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Imported on first use: ``python -m distill.export`` must find the module not yet imported.
+    # Imported on first use: ``import distill`` stays free of the export tool's imports, and
+    # ``python -m distill.export`` finds that module not yet imported.
     if name == "export_model":
         from distill.tools.export import export_model
 
