@@ -14,7 +14,6 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from distill import explain
 from distill.callbacks import NonFiniteLossError
 from distill.checkpoints import CheckpointError
 from distill.config import ConfigError
@@ -26,6 +25,7 @@ from distill.models import build_model
 from distill.models.weights import WeightsError
 from distill.run_dir import make_run_dir
 from distill.teacher_cache import TeacherCacheError
+from distill.tools import explain
 from distill.tools.compare import main as compare_main
 from distill.tools.explain import InputError, read_images
 

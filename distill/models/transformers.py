@@ -385,18 +385,11 @@ def build_transformer(
     return None
 
 
-def _build_transformer(
-    name: str, num_classes: int, weights: str | None, kwargs: dict
-) -> nn.Module | None:
+def _build_transformer(name: str, num_classes: int, weights: str | None, kwargs: dict):
     return build_transformer(name.strip(), num_classes=num_classes, weights=weights, **kwargs)
 
 
 # No weights check of its own: its names are torchvision's or timm's, checked by those families.
 register_family(
-    ModelFamily(
-        "transformers",
-        order=20,
-        build=_build_transformer,
-        listed=torchvision_transformer_names,
-    )
+    ModelFamily("transformers", 20, _build_transformer, listed=torchvision_transformer_names)
 )
