@@ -25,8 +25,8 @@ from _common import machine, table  # benchmarks/ is on sys.path
 
 from distill import build_model
 from distill.config import load_config
-from distill.pipeline import _distiller
 from distill.tools.compare import METHODS
+from distill.tools.train import _distiller
 
 TRAIN_IMAGES = 50_000
 PAIRS: dict[str, list[str]] = {

@@ -23,7 +23,6 @@ from distill.cam import (
     layercam,
     xgradcam,
 )
-from distill.checkpoints import CheckpointError, load_model, weights_sha256
 from distill.errors import UserError
 from distill.losses import (
     AttentionTransferLoss,
@@ -38,7 +37,8 @@ from distill.losses import (
     kd_loss,
 )
 from distill.models import WeightsError, build_model, list_models
-from distill.teacher_cache import TeacherCache, TeacherCacheError
+from distill.training.checkpoints import CheckpointError, load_model, weights_sha256
+from distill.training.teacher_cache import TeacherCache, TeacherCacheError
 
 __version__ = "0.1.0"
 

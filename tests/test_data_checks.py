@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from distill.config import ConfigError, load_config
+from distill.config.resolution import cam_grid
 from distill.data import (
     DatasetNotFoundError,
     ImageFolderDataModule,
@@ -27,9 +28,8 @@ from distill.data import (
     holdout_split,
 )
 from distill.models import build_model
-from distill.pipeline import train
-from distill.resolution import cam_grid
 from distill.tools.compare_report import plot, summarize
+from distill.tools.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 

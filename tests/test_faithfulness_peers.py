@@ -430,7 +430,7 @@ def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
 
 def test_validation_logs_the_deletion_auc_beside_average_drop():
     from distill.cam import GradCAMPlusPlus
-    from distill.lightning_modules import ClassifierModule
+    from distill.training.lightning_modules import ClassifierModule
 
     model, images = _wrn_and_images()
     module = ClassifierModule(

@@ -19,13 +19,13 @@ def choices() -> dict[str, tuple[str | bool, ...]]:
     ``train.py`` needs to parse its arguments) stays free of Lightning, wandb and the models.
     """
     from distill.cam import CAM_METHODS
-    from distill.compile import COMPILE_MODES
     from distill.data import CROPS, DATAMODULES
-    from distill.loggers import WANDB_MODES
     from distill.losses.distiller import MAP_TARGETS
     from distill.losses.functional import AT_FORMS, MAP_DISTANCES, MAP_NORMALIZATIONS
-    from distill.optim import OPTIMIZERS, SCHEDULES
-    from distill.teacher_cache import STORAGE_DTYPES
+    from distill.training.compile import COMPILE_MODES
+    from distill.training.loggers import WANDB_MODES
+    from distill.training.optim import OPTIMIZERS, SCHEDULES
+    from distill.training.teacher_cache import STORAGE_DTYPES
 
     return {
         "stage": STAGES,

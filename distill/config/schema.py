@@ -212,7 +212,7 @@ class TrainerConfig:
     sync_batchnorm: bool = False  # DDP: batch statistics over the global batch
     # torch.compile the networks of the training step: false, true (= "default") or a mode such
     # as "reduce-overhead" (CUDA graphs). Autograd Grad-CAM maps keep the student eager (warned;
-    # see distill/compile.py).
+    # see distill/training/compile.py).
     compile: bool | str = False
     # Convolution weights (and so activations) in channels-last memory format: faster
     # convolutions on CPUs (oneDNN) and on tensor-core GPUs; the values are unchanged.

@@ -2,7 +2,7 @@
 
 ``python compare.py --config quickstart --seeds 0,1,2 [key=value ...]`` trains (or loads) the
 recipe's teacher once on the full training set (minus the holdout), then a student per method
-and seed through ``distill.pipeline.train`` (the overrides apply to every student:
+and seed through ``distill.tools.train.train`` (the overrides apply to every student:
 ``data.train_fraction=0.1`` for scarce data, ``loss.map_normalize=l2`` for normalised maps,
 ``loss.map_weight=0.1``...), tests each student once on the test split with the checkpoint its
 protocol selects (see :data:`distill.tools.compare_report.PROTOCOL_NOTE`), and writes ``results.json``, ``results.md``
@@ -30,7 +30,6 @@ from omegaconf import DictConfig
 
 from distill.config import load_config
 from distill.errors import ConfigError, UserError, report
-from distill.interrupt import RunInterrupted
 from distill.tools.compare_eval import evaluate_student, win_vs
 from distill.tools.compare_methods import (
     DEFAULT_METHODS,
@@ -40,6 +39,7 @@ from distill.tools.compare_methods import (
     parse_sweep,
 )
 from distill.tools.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
+from distill.training.interrupt import RunInterrupted
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -103,7 +103,7 @@ def compare(
         cache: students read the teacher's outputs from a :class:`distill.TeacherCache`
             (built by the first of them) instead of running the teacher.
     """
-    from distill.pipeline import train  # heavy imports
+    from distill.tools.train import train  # heavy imports
 
     check_choices(methods, seeds)
     base = load_config(config, list(overrides))

@@ -29,11 +29,11 @@ from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
 from distill.cam import CAM_METHODS, EXPLAINERS, pooled_head
-from distill.checkpoints import load_model, weights_sha256
+from distill.cam.visualize import captioned_row, overlay_maps
 from distill.data.decode import pil_rgb
 from distill.data.preprocess import eval_geometry
 from distill.errors import UserError, report
-from distill.visualize import captioned_row, overlay_maps
+from distill.training.checkpoints import load_model, weights_sha256
 
 __all__ = ["IMAGE_SUFFIXES", "InputError", "explain_batch", "find_images", "main", "read_images"]
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.checkpoints import EXPORT_FORMAT, STAGES, load_model
 from distill.errors import UserError, report
 from distill.tools.onnx_export import ONNX_FILE, maps_unsupported, missing_onnx_packages, save_onnx
+from distill.training.checkpoints import EXPORT_FORMAT, STAGES, load_model
 
 __all__ = ["PROGRAM_FILE", "ExportError", "export_model", "main"]
 

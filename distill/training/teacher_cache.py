@@ -28,10 +28,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from distill import interrupt
 from distill.errors import UserError
 from distill.losses.distiller import ExplanationDistiller, TeacherOutputs
-from distill.run_dir import launched_worker
+from distill.training import interrupt
+from distill.training.run_dir import launched_worker
 
 __all__ = [
     "STORAGE_DTYPES",

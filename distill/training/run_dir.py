@@ -1,5 +1,5 @@
 """Run directories: one fresh folder per run (shared by the processes of a DDP or SLURM job),
-and the files that say what ran in it (``--resume``: distill/resume.py)."""
+and the files that say what ran in it (``--resume``: distill/training/resume.py)."""
 
 from __future__ import annotations
 

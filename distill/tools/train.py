@@ -28,33 +28,33 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from distill.callbacks import (
+from distill.config import ConfigError, load_config, stages_to_train
+from distill.config.resolution import check_map_grids
+from distill.data import SECTIONS, datamodule_from_config
+from distill.losses import ExplanationDistiller, LayerPair
+from distill.models import build_model
+from distill.models.weights import missing_file_error
+from distill.training.callbacks import (
     FiniteLossGuard,
     InterruptCheckpoint,
     LastCheckpoint,
     MapImageCallback,
 )
-from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
-from distill.compile import compile_classifier, compile_distiller
-from distill.config import ConfigError, load_config, stages_to_train
-from distill.console import quiet_lightning, warn_small_cam_layers
-from distill.data import SECTIONS, datamodule_from_config
-from distill.interrupt import RunInterrupted, agreed, handle_stop_signals, stop
-from distill.lightning_modules import ClassifierModule, DistillModule
-from distill.loggers import (
+from distill.training.checkpoints import CheckpointError, load_classifier, weights_sha256
+from distill.training.compile import compile_classifier, compile_distiller
+from distill.training.console import quiet_lightning, warn_small_cam_layers
+from distill.training.interrupt import RunInterrupted, agreed, handle_stop_signals, stop
+from distill.training.lightning_modules import ClassifierModule, DistillModule
+from distill.training.loggers import (
     build_loggers,
     finish_wandb,
     offline_sync_command,
     stage_summary,
     wandb_mode,
 )
-from distill.losses import ExplanationDistiller, LayerPair
-from distill.models import build_model
-from distill.models.weights import missing_file_error
-from distill.resolution import check_map_grids
-from distill.resume import changed_keys, check_resume_changes, finished, resume_checkpoint
-from distill.run_dir import RUN_DIR_ENV, launched_worker, make_run_dir, write_run_files
-from distill.teacher_cache import TeacherCache, open_or_build_teacher_cache
+from distill.training.resume import changed_keys, check_resume_changes, finished, resume_checkpoint
+from distill.training.run_dir import RUN_DIR_ENV, launched_worker, make_run_dir, write_run_files
+from distill.training.teacher_cache import TeacherCache, open_or_build_teacher_cache
 
 __all__ = ["train", "make_run_dir", "RUN_DIR_ENV", "RunResult"]
 
@@ -118,7 +118,9 @@ def _trainer(
     callbacks = [FiniteLossGuard(), InterruptCheckpoint(run_dir / stage), *callbacks]
     loggers, _ = build_loggers(cfg, run_dir, stage)
     options = OmegaConf.to_container(cfg.trainer)
-    options.pop("compile")  # applied to the networks (distill/compile.py), not a Trainer argument
+    options.pop(
+        "compile"
+    )  # applied to the networks (distill/training/compile.py), not a Trainer argument
     options.pop("channels_last")  # applied to the networks (_memory_format)
     return L.Trainer(
         **options,  # the other TrainerConfig fields are Trainer arguments
@@ -531,7 +533,7 @@ def train(
     Args:
         cfg: a config from :func:`distill.config.load_config`.
         resume_dir: an earlier run directory to continue from its last (or interrupted)
-            checkpoints, with the same config (see :func:`distill.resume.check_resume_changes`);
+            checkpoints, with the same config (see :func:`distill.training.resume.check_resume_changes`);
             a finished stage is not repeated, and a finished run is left as it is.
         callbacks: extra Lightning callbacks for every stage.
         print_sync: print the ``wandb sync`` command for offline runs (a caller that runs
