@@ -293,10 +293,10 @@ def test_repdistillers_wide_resnets_have_their_published_sizes(name, params, blo
     ],
 )
 def test_compare_methods_build_their_authors_losses(method, terms):
-    from distill.tools.train import _distiller
+    from distill.training.student_stage import build_distiller
 
     cfg = load_config("cifar100_resnet32x4_resnet8x4", METHODS[method])
-    distiller = _distiller(cfg, *_pair(classes=100))
+    distiller = build_distiller(cfg, *_pair(classes=100))
     assert distiller.loss_terms == terms
     standardized = method.endswith("_ls")
     assert distiller.kd.standardize == distiller.dkd.standardize == standardized
