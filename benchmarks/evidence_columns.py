@@ -1,0 +1,160 @@
+"""The evidence tables' columns that a comparison's own table lacks, from its saved students.
+
+For every student of one or more comparisons (``compare-<config>/<stamp>`` folders): test
+top-1 at the last epoch beside the holdout-selected one, and the teacher-student map similarity
+on the test split (the selected checkpoint) under the student's own map method and under
+Grad-CAM++. Nothing here selects anything: the test split is only measured.
+
+Writes ``OUT/results.json`` (the command, the code commit, and every row of the comparisons'
+``results.json`` with the new columns) and ``OUT/results.md`` (mean ± sample std per method).
+
+Usage:
+    python benchmarks/evidence_columns.py DIR [DIR ...] --out OUT [--title TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from distill import ExplanationDistiller
+from distill.checkpoints import load_model
+from distill.compare_report import LABELS
+from distill.data import datamodule_from_config
+from distill.metrics import MapAgreement
+
+COLUMNS = [  # key, header, scale
+    ("test_acc", "test top-1 % (holdout-selected)", 100),
+    ("test_acc_last", "test top-1 % (last epoch)", 100),
+    ("val_agreement", "agreement % (holdout)", 100),
+    ("test_map_similarity", "map similarity, own method (test)", 1),
+    ("test_map_similarity_gradcam_pp", "map similarity, Grad-CAM++ (test)", 1),
+    ("deletion_auc", "deletion AUC % (lower better)", 100),
+    ("insertion_auc", "insertion AUC % (higher better)", 100),
+    ("average_drop", "avg drop %", 1),
+]
+
+
+def run_folder(comparison: Path, row: dict[str, Any]) -> Path:
+    """The run folder of one row (compare names it ``<label>-seed<seed>``)."""
+    name = row["method"].replace(" ", "-").replace("=", "") + f"-seed{row['seed']}"
+    (folder,) = sorted((comparison / "runs" / name).glob("*/summary.json"))[-1:]
+    return folder.parent
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    correct = sum(
+        int((model(images[i : i + 256]).argmax(1) == labels[i : i + 256]).sum())
+        for i in range(0, len(images), 256)
+    )
+    return correct / len(images)
+
+
+def map_similarity(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    method: str,
+    target: str,
+) -> float:
+    """Mean cosine similarity of the two models' maps at their CAM layers, as validation
+    measures it (``val/map_similarity``), on every image of ``images``."""
+    distiller = ExplanationDistiller(teacher, student, map_method=method, map_target=target)
+    metric = MapAgreement()
+    for i in range(0, len(images), 256):
+        out = distiller(images[i : i + 256], labels[i : i + 256], return_maps=True)
+        metric.update(out.student_maps[0], out.teacher_maps[0])
+    return float(metric.compute())
+
+
+def evaluate(run: Path, teachers: dict[str, torch.nn.Module], data: dict) -> dict[str, float]:
+    cfg = OmegaConf.load(run / "config.yaml")
+    summary = json.loads((run / "summary.json").read_text())["student"]
+    key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)
+    if key not in data:
+        dm = datamodule_from_config(OmegaConf.to_container(cfg.data), seed=cfg.seed)
+        dm.setup("test")
+        data[key] = dm.fixed_batch(10**9, "test")  # the whole test split
+    images, labels = data[key]
+    path = summary["teacher_checkpoint"]
+    if path not in teachers:
+        teachers[path] = load_model(path, stage="teacher").eval()
+    teacher = teachers[path]
+    selected = load_model(summary["checkpoint"]).eval()
+    last = load_model(run / "student" / "last.ckpt").eval()
+    target = cfg.loss.map_target
+    own = map_similarity(teacher, selected, images, labels, cfg.loss.map_method, target)
+    gradcam_pp = map_similarity(teacher, selected, images, labels, "gradcam_pp", target)
+    return {
+        "test_acc_last": accuracy(last, images, labels),
+        "test_map_similarity": own,
+        "test_map_similarity_gradcam_pp": gradcam_pp,
+        "map_method": cfg.loss.map_method,
+        "last_epoch_is_selected": Path(summary["checkpoint"]).name == "last.ckpt",
+    }
+
+
+def cell(values: list[float], scale: float) -> str:
+    values = [v * scale for v in values if v == v]  # NaN: the column does not apply
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    header = ["method", "seeds", *(label for _, label, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, group in by_method.items():
+        cells = [cell([float(r.get(k, "nan")) for r in group], s) for k, _, s in COLUMNS]
+        seeds = ",".join(str(r["seed"]) for r in group)
+        lines.append("| " + " | ".join([LABELS.get(method, method), seeds, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comparisons", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="")
+    args = parser.parse_args()
+    teachers: dict[str, torch.nn.Module] = {}
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    rows = []
+    for comparison in args.comparisons:
+        for row in json.loads((comparison / "results.json").read_text()):
+            run = run_folder(comparison, row)
+            rows.append({**row, **evaluate(run, teachers, data), "run": str(run)})
+            print(
+                f"{row['method']} seed {row['seed']}: {rows[-1]['test_acc_last']:.4f}", flush=True
+            )
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    record = {"title": args.title, "command": command, "commit": commit, "rows": rows}
+    (args.out / "results.json").write_text(json.dumps(record, indent=2, default=str))
+    text = f"{args.title}\n\n{table(rows)}\n" if args.title else f"{table(rows)}\n"
+    (args.out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
