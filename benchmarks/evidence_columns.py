@@ -5,8 +5,8 @@ top-1 at the last epoch beside the holdout-selected one, and the teacher-student
 on the test split (the selected checkpoint) under the student's own map method and under
 Grad-CAM++. Nothing here selects anything: the test split is only measured.
 
-Writes ``OUT/results.json`` (the command, the code commit, and every row of the comparisons'
-``results.json`` with the new columns) and ``OUT/results.md`` (mean ± sample std per method).
+Writes ``OUT/results.json`` (its own command and code commit, and every row of the comparisons'
+``results.json`` with the new columns and the command and commit that trained that student) and ``OUT/results.md`` (mean ± sample std per method).
 
 Usage:
     python benchmarks/evidence_columns.py DIR [DIR ...] --out OUT [--title TEXT]
@@ -97,7 +97,10 @@ def evaluate(run: Path, teachers: dict[str, torch.nn.Module], data: dict) -> dic
     target = cfg.loss.map_target
     own = map_similarity(teacher, selected, images, labels, cfg.loss.map_method, target)
     gradcam_pp = map_similarity(teacher, selected, images, labels, "gradcam_pp", target)
+    meta = json.loads((run / "meta.json").read_text())
     return {
+        "command": "python " + " ".join(shlex.quote(a) for a in meta["command"]),
+        "commit": meta["git_commit"],
         "test_acc_last": accuracy(last, images, labels),
         "test_map_similarity": own,
         "test_map_similarity_gradcam_pp": gradcam_pp,
