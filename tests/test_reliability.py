@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from distill import ExplanationDistiller, build_model
-from distill.callbacks import NonFiniteLossError
 from distill.config import ConfigError, load_config
 from distill.data import DatasetNotFoundError
-from distill.interrupt import RunInterrupted
-from distill.lightning_modules import CheckpointError
-from distill.pipeline import train
+from distill.tools.train import train
+from distill.training.callbacks import NonFiniteLossError
+from distill.training.interrupt import RunInterrupted
+from distill.training.lightning_modules import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,7 +264,7 @@ HARD_KILL_SCRIPT = """
 import os, signal, sys
 import lightning as L
 from distill.config import load_config
-from distill.pipeline import train
+from distill.tools.train import train
 
 class KillAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -305,7 +305,7 @@ def test_resume_after_a_hard_kill_continues_from_the_last_epoch(tiny_overrides, 
 def test_concurrent_runs_get_their_own_directories_with_config_and_commit(tiny_overrides, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DISTILL_RUN_DIR"}
     script = (
-        "import sys; from distill.config import load_config; from distill.pipeline import make_run_dir;"
+        "import sys; from distill.config import load_config; from distill.tools.train import make_run_dir;"
         "print(make_run_dir(load_config('quickstart', sys.argv[1:])))"
     )
     procs = [
