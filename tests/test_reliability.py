@@ -428,8 +428,16 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
         "teacher_cache.enabled=true",
         "teacher_cache.dtype=float32",
     )
-    (cache_dir,) = (cached.parent.parent / "teacher_cache").iterdir()
-    header = json.loads((cache_dir / "header.json").read_text())
+    folders = {
+        d: json.loads((d / "header.json").read_text())
+        for d in (cached.parent.parent / "teacher_cache").iterdir()
+    }
+    # one cache of the training stream, one of the validation split (written once, both ranks)
+    (cache_dir,) = [d for d, h in folders.items() if "split" not in h["key"]]
+    (val_dir,) = [d for d, h in folders.items() if h["key"].get("split") == "val"]
+    assert folders[val_dir]["complete"] == [0]
+    assert sum((val_dir / "written.bin").read_bytes()) == folders[val_dir]["num_samples"]
+    header = folders[cache_dir]
     assert header["complete"] == [0] and header["key"]["trainer"]["devices"] == 2
     written = (cache_dir / "written.bin").read_bytes()
     # Both ranks wrote their rows: one per image of the epoch's full batches (the last,
