@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports only once the config is valid.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from distill.interrupt import RunInterrupted
-    from distill.pipeline import train
+    from distill.tools.train import train
+    from distill.training.interrupt import RunInterrupted
 
     try:
         train(cfg, resume_dir=args.resume)

@@ -9,7 +9,7 @@ size of the tensors autograd saves for the backward pass (unique storages; the s
 beyond the weights), and on CUDA also the peak allocated.
 
 ``--compile MODE ...`` adds one row per ``torch.compile`` mode: the default loss on compiled
-copies of the two networks (``distill.compile.compile_distiller``, as ``trainer.compile`` does),
+copies of the two networks (``distill.training.compile.compile_distiller``, as ``trainer.compile`` does),
 each with its own optimizer; compilation happens in untimed warm-up calls. ``--channels-last``
 adds the default loss on channels-last copies (``trainer.channels_last``) in the same way.
 
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from _common import machine, measure_interleaved, table  # benchmarks/ is on sys.path
 
 from distill import ExplanationDistiller, TeacherCache, build_model
-from distill.compile import compile_distiller
 from distill.losses import e2kd_options
+from distill.training.compile import compile_distiller
 
 GROUPS = [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]
 LOGITS_ONLY = {"ce_weight": 1.0, "kd_weight": 0.0, "map_weight": 0.0}  # CE 1, no KD or maps

@@ -38,7 +38,7 @@ def load(model_name: str, checkpoint: str | None) -> tuple[torch.nn.Module, str]
         model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
         return model.eval(), checkpoint
     if checkpoint:  # a run directory, a .ckpt or an export: distill.load_model reads them
-        from distill.checkpoints import load_model
+        from distill.training.checkpoints import load_model
 
         return load_model(checkpoint, stage="student").eval(), checkpoint
     torch.manual_seed(0)

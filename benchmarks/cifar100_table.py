@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from _common import machine, table  # benchmarks/ is on sys.path
 
 from distill import build_model
-from distill.compare import METHODS
 from distill.config import load_config
-from distill.pipeline import _distiller
+from distill.tools.compare import METHODS
+from distill.training.student_stage import build_distiller
 
 TRAIN_IMAGES = 50_000
 PAIRS: dict[str, list[str]] = {
@@ -98,7 +98,7 @@ def time_pair(recipe: str, methods: list[str], args: argparse.Namespace) -> dict
 
     timings["teacher (CE)"] = seconds_per_step(teacher_step, args.steps, device)
     for method in methods:
-        distiller = _distiller(load_config(recipe, METHODS[method]), teacher, student).train()
+        distiller = build_distiller(load_config(recipe, METHODS[method]), teacher, student).train()
         optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
 
         def step(d=distiller, opt=optimizer) -> None:

@@ -23,8 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from distill.compare import compare
-from distill.compare_report import LABELS, mean_std
+from distill.tools.compare import compare
+from distill.tools.compare_report import LABELS, mean_std
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 

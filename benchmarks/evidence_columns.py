@@ -28,10 +28,10 @@ import torch
 from omegaconf import OmegaConf
 
 from distill import ExplanationDistiller
-from distill.checkpoints import load_model
-from distill.compare_report import LABELS
 from distill.data import datamodule_from_config
 from distill.metrics import MapAgreement
+from distill.tools.compare_report import LABELS
+from distill.training.checkpoints import load_model
 
 COLUMNS = [  # key, header, scale
     ("test_acc", "test top-1 % (holdout-selected)", 100),

@@ -23,7 +23,6 @@ from distill.cam import (
     layercam,
     xgradcam,
 )
-from distill.checkpoints import CheckpointError, load_model, weights_sha256
 from distill.errors import UserError
 from distill.losses import (
     AttentionTransferLoss,
@@ -38,15 +37,17 @@ from distill.losses import (
     kd_loss,
 )
 from distill.models import WeightsError, build_model, list_models
-from distill.teacher_cache import TeacherCache, TeacherCacheError
+from distill.training.checkpoints import CheckpointError, load_model, weights_sha256
+from distill.training.teacher_cache import TeacherCache, TeacherCacheError
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Imported on first use: ``python -m distill.export`` must find the module not yet imported.
+    # Imported on first use: ``import distill`` stays free of the export tool's imports, and
+    # ``python -m distill.export`` finds that module not yet imported.
     if name == "export_model":
-        from distill.export import export_model
+        from distill.tools.export import export_model
 
         return export_model
     raise AttributeError(f"module 'distill' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-__all__ = ["UserError", "one_line", "report"]
+__all__ = ["ConfigError", "UserError", "one_line", "report"]
 
 
 class UserError(Exception):
@@ -24,6 +24,16 @@ class UserError(Exception):
     """
 
     exit_code: int = 1
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid configuration; the message is one line that names the key.
+
+    Here rather than in :mod:`distill.config`: the data, training and model code that checks a
+    value raises it without importing the config package, which imports them.
+    """
+
+    exit_code = 2
 
 
 def one_line(error: BaseException | str) -> str:

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torchdistill.losses.mid_level import ATLoss, KDLoss, LogitStdKDLoss
 
 from distill import ExplanationDistiller, build_model
-from distill.compare import METHODS
 from distill.config import load_config
 from distill.losses import attention_transfer, dkd_loss, e2kd_options, kd_loss
-from distill.teacher_cache import TeacherCache
+from distill.tools.compare import METHODS
+from distill.training.teacher_cache import TeacherCache
 
 CLASSES = 5
 
@@ -293,10 +293,10 @@ def test_repdistillers_wide_resnets_have_their_published_sizes(name, params, blo
     ],
 )
 def test_compare_methods_build_their_authors_losses(method, terms):
-    from distill.pipeline import _distiller
+    from distill.training.student_stage import build_distiller
 
     cfg = load_config("cifar100_resnet32x4_resnet8x4", METHODS[method])
-    distiller = _distiller(cfg, *_pair(classes=100))
+    distiller = build_distiller(cfg, *_pair(classes=100))
     assert distiller.loss_terms == terms
     standardized = method.endswith("_ls")
     assert distiller.kd.standardize == distiller.dkd.standardize == standardized
@@ -316,7 +316,7 @@ def test_compare_methods_build_their_authors_losses(method, terms):
     ],
 )
 def test_cifar100_recipes_follow_mdistillers_protocol(recipe, teacher, student, dkd_beta, cat_beta):
-    from distill.optim import build_scheduler
+    from distill.training.optim import build_scheduler
 
     cfg = load_config(recipe)
     assert (cfg.teacher.name, cfg.student.name, cfg.data.name) == (teacher, student, "cifar100")
@@ -370,7 +370,7 @@ def test_cached_class_maps_give_the_live_cat_kd_step(tmp_path):
 def test_a_cached_run_of_a_baseline_trains_the_same_student_as_a_live_run(
     method, tmp_path, tiny_overrides
 ):
-    from distill.pipeline import train
+    from distill.tools.train import train
 
     path = tmp_path / "teacher.ckpt"
     train(

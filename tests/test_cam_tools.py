@@ -13,17 +13,17 @@ import torch
 import wandb
 from PIL import Image
 
-from distill.callbacks import MapImageCallback
 from distill.cam import CAM_METHODS, CAM_RULES, EXPLAINERS, GradCAMPlusPlus, LayerCAM
-from distill.compare import DEFAULT_METHODS, METHODS, check_choices, check_method_configs
-from distill.compare import main as compare_main
+from distill.cam.visualize import CAPTION_HEIGHT, map_grid
 from distill.config import ConfigError, load_config
-from distill.explain import MIN_PANEL, InputError, _methods
-from distill.explain import main as explain_main
-from distill.loggers import read_offline_run
 from distill.models import build_model
-from distill.pipeline import RUN_DIR_ENV, train
-from distill.visualize import CAPTION_HEIGHT, map_grid
+from distill.tools.compare import DEFAULT_METHODS, METHODS, check_choices, check_method_configs
+from distill.tools.compare import main as compare_main
+from distill.tools.explain import MIN_PANEL, InputError, _methods
+from distill.tools.explain import main as explain_main
+from distill.tools.train import RUN_DIR_ENV, train
+from distill.training.callbacks import MapImageCallback
+from distill.training.loggers import read_offline_run
 
 BLOCK2 = "loss.map_layers=[{student: block2, teacher: block2}]"
 """Map layers that do not feed the pooled heads of the quickstart's WRNs: no CAM there."""

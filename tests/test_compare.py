@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from distill.compare import METHODS, _win_vs, compare, main
-from distill.compare_report import summarize
+from distill.tools.compare import METHODS, compare, main
+from distill.tools.compare_eval import win_vs
+from distill.tools.compare_report import summarize
 
 
 def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_overrides):
@@ -69,8 +70,8 @@ def test_a_sweep_shares_one_teacher_cache_and_labels_each_value(tiny_overrides):
 
 
 def test_attention_transfer_runs_the_teacher_live_in_a_cached_comparison():
-    from distill.compare import _cache_overrides
     from distill.config import load_config
+    from distill.tools.compare import _cache_overrides
 
     base = load_config("quickstart", ["output_dir=/x"])
     assert _cache_overrides(base, METHODS["at"]) == ["teacher_cache.enabled=false"]
@@ -84,7 +85,7 @@ def test_attention_transfer_runs_the_teacher_live_in_a_cached_comparison():
 def test_win_percentage_from_drops_and_summary_format():
     drops = torch.tensor([0.1, 0.5, 0.0, 0.3])
     baseline = torch.tensor([0.2, 0.4, 0.0, 0.6])
-    assert _win_vs(drops, baseline) == 50.0  # wins on samples 0 and 3; tie on 2
+    assert win_vs(drops, baseline) == 50.0  # wins on samples 0 and 3; tie on 2
     rows = [
         {
             "method": "kd",
@@ -101,8 +102,8 @@ def test_win_percentage_from_drops_and_summary_format():
 
 
 def test_methods_use_the_fields_kd_and_add_maps_on_top_of_it():
-    from distill.compare import METHODS
     from distill.config import load_config
+    from distill.tools.compare import METHODS
 
     def weights(method):
         loss = load_config("quickstart", METHODS[method]).loss
@@ -116,7 +117,7 @@ def test_methods_use_the_fields_kd_and_add_maps_on_top_of_it():
 
 
 def test_cli_rejects_bad_seeds_and_methods(capsys):
-    from distill.compare import main
+    from distill.tools.compare import main
 
     assert main(["--seeds", "0,x"]) == 2
     assert main(["--methods", "ce,magic"]) == 2
@@ -154,7 +155,7 @@ def test_convergence_table_and_plot_from_results(tmp_path):
 
 
 def test_merge_tabulates_several_folders_and_refuses_a_seed_twice(tmp_path):
-    from distill.compare import main
+    from distill.tools.compare import main
 
     folders = []
     for seed in (0, 1):

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from distill import ExplanationDistiller, build_model
-from distill.compile import (
+from distill.config import ConfigError, load_config
+from distill.training.compile import (
     compile_distiller,
     compile_mode,
     is_compiled,
     student_eager_reason,
 )
-from distill.config import ConfigError, load_config
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_compiled_training_steps_match_eager(options, expected):
 
 @pytest.mark.slow
 def test_train_with_compile(tiny_overrides):
-    from distill.pipeline import train
+    from distill.tools.train import train
 
     summary, result = train(load_config("quickstart", [*tiny_overrides, "trainer.compile=true"]))
     assert is_compiled(result.student) and is_compiled(result.teacher)

@@ -15,14 +15,14 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from distill.cam import GradCAMPlusPlus
-from distill.checkpoints import load_model
 from distill.config import ConfigError, load_config
-from distill.explain import explain_batch
-from distill.export import export_model
-from distill.lightning_modules import DistillModule
 from distill.models import build_model
 from distill.models.imported import ImportedClassifier
-from distill.pipeline import train
+from distill.tools.explain import explain_batch
+from distill.tools.export import export_model
+from distill.tools.train import train
+from distill.training.checkpoints import load_model
+from distill.training.lightning_modules import DistillModule
 
 # The models are imported by name, as a user's would be: from the repository root (on sys.path
 # under `python -m pytest`; added here for a bare `pytest`).

@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.compare_report import plot, summarize
 from distill.config import ConfigError, load_config
+from distill.config.resolution import cam_grid
 from distill.data import (
     DatasetNotFoundError,
     ImageFolderDataModule,
@@ -28,8 +28,8 @@ from distill.data import (
     holdout_split,
 )
 from distill.models import build_model
-from distill.pipeline import train
-from distill.resolution import cam_grid
+from distill.tools.compare_report import plot, summarize
+from distill.tools.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -279,7 +279,7 @@ def test_the_1x1_grid_error_suggests_a_size_that_gives_4x4(teacher, size, sugges
     ],
 )
 def test_empty_or_unknown_choices_are_refused(methods, seeds, pattern):
-    from distill.compare import check_choices
+    from distill.tools.compare import check_choices
 
     with pytest.raises(ConfigError, match=pattern) as info:
         check_choices(methods, seeds)

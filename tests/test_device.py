@@ -153,7 +153,7 @@ def test_augmentation_on_device_matches_cpu(device):
 )
 def test_compiled_step_close_to_eager(device, mode):
     """Three SGD steps with ``trainer.compile``'s compilation: float32 losses agree."""
-    from distill.compile import compile_distiller
+    from distill.training.compile import compile_distiller
 
     eager = _distiller(device)
     compiled = copy.deepcopy(eager)

@@ -14,20 +14,20 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from distill import explain
-from distill.callbacks import NonFiniteLossError
-from distill.checkpoints import CheckpointError
-from distill.compare import main as compare_main
 from distill.config import ConfigError
 from distill.data.decode import decode_file
 from distill.data.errors import DatasetNotFoundError, UnreadableImageError
 from distill.data.stream import main as stream_main
 from distill.errors import UserError, report
-from distill.explain import InputError, read_images
 from distill.models import build_model
 from distill.models.weights import WeightsError
-from distill.run_dir import make_run_dir
-from distill.teacher_cache import TeacherCacheError
+from distill.tools import explain
+from distill.tools.compare import main as compare_main
+from distill.tools.explain import InputError, read_images
+from distill.training.callbacks import NonFiniteLossError
+from distill.training.checkpoints import CheckpointError
+from distill.training.run_dir import make_run_dir
+from distill.training.teacher_cache import TeacherCacheError
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["café", "猫", "dog"]
@@ -150,9 +150,10 @@ def test_a_run_folder_made_at_the_same_moment_is_still_retried(tmp_path, monkeyp
     taken = iter(["20990101-000000"])
     real_strftime = __import__("time").strftime
     monkeypatch.setattr(
-        "distill.run_dir.time.strftime", lambda fmt, *a: next(taken, real_strftime(fmt, *a))
+        "distill.training.run_dir.time.strftime",
+        lambda fmt, *a: next(taken, real_strftime(fmt, *a)),
     )
-    monkeypatch.setattr("distill.run_dir.secrets.token_hex", lambda n: "0" * 2 * n)
+    monkeypatch.setattr("distill.training.run_dir.secrets.token_hex", lambda n: "0" * 2 * n)
     (tmp_path / "quickstart" / "20990101-000000-00000000").mkdir()
     run_dir = make_run_dir(_cfg(tmp_path))
     assert run_dir.is_dir() and run_dir.name != "20990101-000000-00000000"

@@ -13,9 +13,9 @@ from torch import nn
 
 from distill import load_model
 from distill.cam import GradCAMPlusPlus
-from distill.export import ExportError, export_model, main
 from distill.models import build_model
-from distill.onnx_export import layer_norm_vjp
+from distill.tools.export import ExportError, export_model, main
+from distill.tools.onnx_export import layer_norm_vjp
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -168,7 +168,7 @@ def test_an_exporter_failure_is_one_line_and_writes_nothing(tmp_path, monkeypatc
 
 def test_importing_the_package_imports_no_onnx_package():
     code = (
-        "import sys, distill, distill.export, distill.onnx_export; "
+        "import sys, distill, distill.tools.export, distill.tools.onnx_export; "
         "print(sorted({'onnx', 'onnxscript', 'onnxruntime'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -398,8 +398,8 @@ def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
     from types import SimpleNamespace
 
     from distill.cam import GradCAMPlusPlus
-    from distill.compare import evaluate_student
-    from distill.compare_report import COLUMNS
+    from distill.tools.compare import evaluate_student
+    from distill.tools.compare_report import COLUMNS
 
     model, images = _wrn_and_images()
     dm = SimpleNamespace(
@@ -430,7 +430,7 @@ def test_compare_reports_deletion_insertion_and_road_of_the_predicted_class():
 
 def test_validation_logs_the_deletion_auc_beside_average_drop():
     from distill.cam import GradCAMPlusPlus
-    from distill.lightning_modules import ClassifierModule
+    from distill.training.lightning_modules import ClassifierModule
 
     model, images = _wrn_and_images()
     module = ClassifierModule(

@@ -28,13 +28,13 @@ import torch
 from omegaconf import OmegaConf
 
 from distill import ExplanationDistiller, build_model
-from distill.checkpoints import load_classifier
 from distill.config import load_config
 from distill.data import BatchRandomResizedCrop, datamodule_from_config
-from distill.interrupt import RunInterrupted
 from distill.losses import LayerPair
-from distill.pipeline import train
-from distill.teacher_cache import TeacherCache
+from distill.tools.train import train
+from distill.training.checkpoints import load_classifier
+from distill.training.interrupt import RunInterrupted
+from distill.training.teacher_cache import TeacherCache
 
 
 def _weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -318,7 +318,7 @@ def test_crop_options_are_checked(photos):
 
 def test_training_on_a_folder_of_varied_photos(photos, tiny_overrides, monkeypatch):
     """The pipeline end to end on photos of every size and mode, ImageNet-style crops."""
-    from distill.pipeline import RUN_DIR_ENV, train
+    from distill.tools.train import RUN_DIR_ENV, train
 
     cfg = load_config(
         "quickstart",

@@ -49,7 +49,7 @@ def _tiny_imagenet(root: Path) -> None:
 
 
 def test_the_recipe_runs_on_a_tiny_folder(tmp_path, tiny_overrides):
-    from distill.pipeline import train
+    from distill.tools.train import train
 
     _tiny_imagenet(tmp_path / "imagenet")
     cfg = load_config(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFont
 from torchvision.utils import save_image
 
-from distill.visualize import (
+from distill.cam.visualize import (
     FONT_ENV,
     captioned_row,
     drawable,
@@ -150,7 +150,7 @@ def test_distill_font_names_the_font(fresh_font):
 
 
 def test_without_dejavu_accents_are_dropped_not_boxed(fresh_font):
-    fresh_font.setattr("distill.visualize.importlib.util.find_spec", lambda name: None)
+    fresh_font.setattr("distill.cam.visualize.importlib.util.find_spec", lambda name: None)
     real = ImageFont.truetype
 
     def no_files(font, *args, **kwargs):  # Pillow's own font comes from memory, not a file

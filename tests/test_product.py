@@ -15,13 +15,13 @@ import torch
 from PIL import Image, features
 
 from distill import CheckpointError, export_model, load_model, weights_sha256
+from distill.cam.visualize import CAPTION_HEIGHT
 from distill.config import load_config
 from distill.data import SHAPES_CLASSES, SHAPES_MEAN, SHAPES_STD
 from distill.data.preprocess import ImageTransforms
-from distill.explain import MIN_PANEL, main, read_images
-from distill.lightning_modules import TEACHER_PREFIX
-from distill.pipeline import RUN_DIR_ENV, train
-from distill.visualize import CAPTION_HEIGHT
+from distill.tools.explain import MIN_PANEL, main, read_images
+from distill.tools.train import RUN_DIR_ENV, train
+from distill.training.lightning_modules import TEACHER_PREFIX
 
 
 def _train(overrides: list[str]) -> tuple[dict, object, Path]:

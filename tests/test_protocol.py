@@ -12,7 +12,7 @@ import torch
 
 from distill.config import ConfigError, load_config
 from distill.data import ShapesDataModule, holdout_split
-from distill.pipeline import train
+from distill.tools.train import train
 
 
 def _labels(dm: ShapesDataModule, split: str) -> torch.Tensor:

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from distill import ExplanationDistiller, build_model
-from distill.callbacks import NonFiniteLossError
 from distill.config import ConfigError, load_config
 from distill.data import DatasetNotFoundError
-from distill.interrupt import RunInterrupted
-from distill.lightning_modules import CheckpointError
-from distill.pipeline import train
+from distill.tools.train import train
+from distill.training.callbacks import NonFiniteLossError
+from distill.training.interrupt import RunInterrupted
+from distill.training.lightning_modules import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,7 +264,7 @@ HARD_KILL_SCRIPT = """
 import os, signal, sys
 import lightning as L
 from distill.config import load_config
-from distill.pipeline import train
+from distill.tools.train import train
 
 class KillAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -305,7 +305,7 @@ def test_resume_after_a_hard_kill_continues_from_the_last_epoch(tiny_overrides, 
 def test_concurrent_runs_get_their_own_directories_with_config_and_commit(tiny_overrides, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DISTILL_RUN_DIR"}
     script = (
-        "import sys; from distill.config import load_config; from distill.pipeline import make_run_dir;"
+        "import sys; from distill.config import load_config; from distill.tools.train import make_run_dir;"
         "print(make_run_dir(load_config('quickstart', sys.argv[1:])))"
     )
     procs = [
@@ -428,8 +428,16 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
         "teacher_cache.enabled=true",
         "teacher_cache.dtype=float32",
     )
-    (cache_dir,) = (cached.parent.parent / "teacher_cache").iterdir()
-    header = json.loads((cache_dir / "header.json").read_text())
+    folders = {
+        d: json.loads((d / "header.json").read_text())
+        for d in (cached.parent.parent / "teacher_cache").iterdir()
+    }
+    # one cache of the training stream, one of the validation split (written once, both ranks)
+    (cache_dir,) = [d for d, h in folders.items() if "split" not in h["key"]]
+    (val_dir,) = [d for d, h in folders.items() if h["key"].get("split") == "val"]
+    assert folders[val_dir]["complete"] == [0]
+    assert sum((val_dir / "written.bin").read_bytes()) == folders[val_dir]["num_samples"]
+    header = folders[cache_dir]
     assert header["complete"] == [0] and header["key"]["trainer"]["devices"] == 2
     written = (cache_dir / "written.bin").read_bytes()
     # Both ranks wrote their rows: one per image of the epoch's full batches (the last,

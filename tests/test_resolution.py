@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from distill.config import ConfigError, load_config
+from distill.config.resolution import cam_grid, check_map_grids
 from distill.models import build_model
-from distill.pipeline import train
-from distill.resolution import cam_grid, check_map_grids
+from distill.tools.train import train
 
 
 @pytest.mark.parametrize(

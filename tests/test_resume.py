@@ -23,12 +23,12 @@ import lightning as L
 import pytest
 import torch
 
-from distill.checkpoints import CheckpointError
 from distill.config import ConfigError, load_config
-from distill.interrupt import RunInterrupted
-from distill.pipeline import train
-from distill.resume import RESULT_FREE_KEYS, check_resume_changes
-from distill.teacher_cache import TeacherCache
+from distill.tools.train import train
+from distill.training.checkpoints import CheckpointError
+from distill.training.interrupt import RunInterrupted
+from distill.training.resume import RESULT_FREE_KEYS, check_resume_changes
+from distill.training.teacher_cache import TeacherCache
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -295,7 +295,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 from test_resume import Inject
 from distill.config import load_config
-from distill.pipeline import train
+from distill.tools.train import train
 
 hook, n = sys.argv[1], int(sys.argv[2])
 inject = Inject(hook, n, signal.SIGKILL)  # no handler runs, nothing is saved
@@ -439,7 +439,7 @@ import signal, sys
 sys.path.insert(0, {tests!r})
 sys.path.insert(0, {root!r})
 from test_resume import Inject
-import distill.pipeline as pipeline
+import distill.tools.train as pipeline
 from train import main
 
 def train(cfg, **kwargs):  # the CLI's train() with a SIGTERM at the teacher's second batch

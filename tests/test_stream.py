@@ -230,7 +230,7 @@ def _stream_overrides(out: Path) -> list[str]:
 
 
 def test_training_streams_through_the_pipeline(optimized, tiny_overrides):
-    from distill.pipeline import train
+    from distill.tools.train import train
 
     _, out = optimized
     summary, result = train(load_config("quickstart", [*tiny_overrides, *_stream_overrides(out)]))
@@ -248,8 +248,8 @@ class _SigtermAt(L.Callback):
 
 def test_interrupted_stream_run_resumes_to_the_uninterrupted_weights(optimized, tmp_path):
     """SIGTERM mid-epoch 1, resume: the same weights, bit for bit, as a run never stopped."""
-    from distill.interrupt import RunInterrupted
-    from distill.pipeline import train
+    from distill.tools.train import train
+    from distill.training.interrupt import RunInterrupted
 
     _, out = optimized
     overrides = [

@@ -10,7 +10,7 @@ import torch
 
 from distill import ExplanationDistiller, build_model
 from distill.losses import TeacherOutputs
-from distill.teacher_cache import TeacherCache, TeacherCacheError
+from distill.training.teacher_cache import TeacherCache, TeacherCacheError
 
 
 def _distiller(**kwargs) -> ExplanationDistiller:
@@ -102,7 +102,7 @@ def _student_weights(summary: dict) -> dict[str, torch.Tensor]:
 def shapes_teacher(tmp_path_factory, tiny_overrides_for):
     """A trained tiny teacher, shared by the cached and live students below."""
     from distill.config import load_config
-    from distill.pipeline import train
+    from distill.tools.train import train
 
     out = tmp_path_factory.mktemp("teacher")
     path = out / "teacher.ckpt"
@@ -113,7 +113,7 @@ def shapes_teacher(tmp_path_factory, tiny_overrides_for):
 
 def _student(teacher, tiny_overrides_for, *extra):
     from distill.config import load_config
-    from distill.pipeline import train
+    from distill.tools.train import train
 
     path, out = teacher
     overrides = [

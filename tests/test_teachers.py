@@ -14,11 +14,11 @@ import torchvision
 from safetensors.torch import save_file
 
 from distill.cam import GradCAMPlusPlus, capture_activations, gradcam_pp
-from distill.checkpoints import CheckpointError, load_classifier
 from distill.config import ConfigError, load_config
 from distill.models import WeightsError, build_model, read_state_dict
 from distill.models.key_map import apply_key_map, parse_key_map
-from distill.pipeline import train
+from distill.tools.train import train
+from distill.training.checkpoints import CheckpointError, load_classifier
 
 timm = pytest.importorskip("timm")
 

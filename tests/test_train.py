@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from distill.config import load_config
-from distill.lightning_modules import load_classifier
-from distill.pipeline import RUN_DIR_ENV, make_run_dir, train
+from distill.tools.train import RUN_DIR_ENV, make_run_dir, train
+from distill.training.lightning_modules import load_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def _logged(metrics_csv: Path, column: str) -> list[float]:
 
 def _test_accuracy(cfg, model: torch.nn.Module, autocast: bool = False) -> tuple[float, int]:
     """Top-1 accuracy of ``model`` on the run's test split, computed here, and the split size."""
-    from distill.pipeline import _datamodule  # the datamodule the run itself built
+    from distill.tools.train import _datamodule  # the datamodule the run itself built
 
     dm = _datamodule(cfg)
     dm.setup("test")
@@ -255,8 +255,8 @@ def test_one_warning_when_the_cam_layer_is_smaller_than_4x4(recwarn):
     """resnet18 downsamples 32x32 inputs to a 1x1 CAM layer: its maps cannot localise."""
     import warnings
 
-    from distill.console import warn_small_cam_layers
     from distill.models import build_model
+    from distill.training.console import warn_small_cam_layers
 
     models = {"teacher": build_model("resnet18", 6), "student": build_model("wrn_16_1", 6)}
     with warnings.catch_warnings():

@@ -14,11 +14,11 @@ import wandb
 from omegaconf import OmegaConf
 from PIL import Image
 
-from distill.compare import compare
+from distill.cam.visualize import map_grid
 from distill.config import load_config
-from distill.loggers import OfflineRun, read_offline_run
-from distill.pipeline import train
-from distill.visualize import map_grid
+from distill.tools.compare import compare
+from distill.tools.train import train
+from distill.training.loggers import OfflineRun, read_offline_run
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def test_resume_continues_the_stage_s_wandb_run(offline_wandb, tmp_path, capsys)
 def test_resumed_sync_command_covers_folders_started_in_the_same_second(tmp_path):
     """wandb appends "-1" to a folder whose name (second + id) exists: one command per stage
     still covers both."""
-    from distill.loggers import offline_sync_command
+    from distill.training.loggers import offline_sync_command
 
     run_dir = tmp_path / "20261128-143657-d5db8afc"
     for name in ("teacher", "teacher-1", "student"):

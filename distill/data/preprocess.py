@@ -164,7 +164,7 @@ class ImageTransforms:
 
 def eval_geometry(crop: str, image_size: int | tuple[int, int] | None) -> list[Any]:
     """The evaluation resize (and crop) of one PIL image, as torchvision transforms: the file
-    storage's evaluation transform, and what :mod:`distill.explain` shows a trained model.
+    storage's evaluation transform, and what :mod:`distill.tools.explain` shows a trained model.
 
     ``random_resized``: the shorter side to ``round(size / 0.875)``, then the central
     ``size x size``; ``pad``: stretched to ``image_size`` (nothing when it is ``None``).

@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distill.config import ConfigError
 from distill.data.errors import DatasetNotFoundError
 from distill.data.sampling import mix_seed
 from distill.data.storage import Split
+from distill.errors import ConfigError
 
 __all__ = [
     "SPLITS",

@@ -28,17 +28,30 @@ Conventions shared by every function:
 * ``validate_args=False`` skips the checks that read tensor *values* (negative confidences,
   boxes outside the image, negative maps), which each cost a device synchronisation. Shape
   checks always run.
+
+This module holds the metrics' update/compute pairs; the explanation images and confidences
+they take are made in :mod:`distill.metrics.explanations` (re-exported here), and the input
+checks they share are in :mod:`distill.metrics._inputs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from distill.cam.functional import minmax_normalize, resize_maps, select_targets
+from distill.cam.functional import resize_maps
+from distill.metrics._inputs import (
+    Size,
+    _check_confidences,
+    _check_maps,
+    _count,
+    _maps_and_boxes,
+    _normalize,
+    _relative_drop,
+    _shape,
+)
+from distill.metrics.explanations import explanation_confidences, explanation_maps
 
 __all__ = [
     "average_drop",
@@ -51,242 +64,6 @@ __all__ = [
     "top1_agreement",
     "win_percentage",
 ]
-
-Size = int | tuple[int, int]
-
-_EPS = 1e-7  # the span below which a map counts as constant (same as minmax_normalize)
-
-
-# --------------------------------------------------------------------------------------------
-# Input checks and shared helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def _check_confidences(validate_args: bool, **named: Tensor) -> list[Tensor]:
-    """Same-shape, floating confidences, flattened to ``[N]``; optionally non-negative."""
-    names = list(named)
-    tensors = list(named.values())
-    for name, t in named.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must hold floating-point confidences, got dtype {t.dtype}")
-    first = tensors[0]
-    for name, t in zip(names[1:], tensors[1:], strict=True):
-        if t.shape != first.shape:
-            raise ValueError(
-                f"{names[0]} and {name} must have the same shape, got {_shape(first)} and "
-                f"{_shape(t)}"
-            )
-    if validate_args:
-        for name, t in named.items():
-            if bool((t < 0).any()):
-                raise ValueError(
-                    f"{name} holds negative values: confidences must be softmax probabilities "
-                    "(did you pass logits?)"
-                )
-    return [t.reshape(-1) for t in tensors]
-
-
-def _check_maps(maps: Tensor, name: str = "maps") -> Tensor:
-    """``[B, h, w]`` maps as a floating tensor (bool/int masks become float32)."""
-    if not isinstance(maps, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(maps).__name__}")
-    if maps.ndim != 3:
-        raise ValueError(f"{name} must be [B, H, W], got shape {_shape(maps)}")
-    if maps.shape[1] == 0 or maps.shape[2] == 0:
-        raise ValueError(f"{name} must have a non-empty spatial size, got shape {_shape(maps)}")
-    return maps if maps.dtype.is_floating_point else maps.float()
-
-
-def _pair(size: Size) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise ValueError(f"image_size must be a positive int or (H, W), got {size}")
-    return int(size[0]), int(size[1])
-
-
-def _upsample(maps: Tensor, image_size: Size | None) -> Tensor:
-    """Maps at the image resolution (``None``: they already are)."""
-    return maps if image_size is None else resize_maps(maps, _pair(image_size))
-
-
-def _normalize(maps: Tensor) -> Tensor:
-    """Min-max normalisation; constant maps become ones if positive, else zeros."""
-    flat = maps.flatten(1)
-    span = flat.amax(1) - flat.amin(1)
-    constant = (span <= _EPS)[:, None, None]
-    return torch.where(constant, (maps > 0).to(maps.dtype), minmax_normalize(maps, _EPS))
-
-
-def _box_masks(boxes: Tensor, height: int, width: int, validate_args: bool) -> Tensor:
-    """Bool ``[B, H, W]`` masks of ``(x0, y0, x1, y1)`` boxes (exclusive max)."""
-    if not isinstance(boxes, Tensor):
-        raise TypeError(f"boxes must be a tensor, got {type(boxes).__name__}")
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be [B, 4] (x0, y0, x1, y1), got shape {_shape(boxes)}")
-    if boxes.dtype == torch.bool or boxes.is_complex():
-        raise TypeError(f"boxes must hold pixel coordinates, got dtype {boxes.dtype}")
-    x0, y0, x1, y1 = boxes.unbind(1)
-    if validate_args:
-        bad = (x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height) | (x1 <= x0) | (y1 <= y0)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"box {i} = {boxes[i].tolist()} is empty or outside the {height}x{width} image: "
-                "boxes must satisfy 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H (x1, y1 exclusive)"
-            )
-    xs = torch.arange(width, device=boxes.device)
-    ys = torch.arange(height, device=boxes.device)
-    in_x = (xs >= x0[:, None]) & (xs < x1[:, None])  # [B, W]
-    in_y = (ys >= y0[:, None]) & (ys < y1[:, None])  # [B, H]
-    return in_y[:, :, None] & in_x[:, None, :]
-
-
-def _maps_and_boxes(
-    maps: Tensor, boxes: Tensor, image_size: Size | None, validate_args: bool
-) -> tuple[Tensor, Tensor]:
-    """Upsampled maps ``[B, H, W]`` and the boxes' masks on the same grid."""
-    maps = _check_maps(maps)
-    if not isinstance(boxes, Tensor):
-        raise TypeError(f"boxes must be a tensor, got {type(boxes).__name__}")
-    if boxes.ndim >= 1 and boxes.shape[0] != maps.shape[0]:
-        raise ValueError(
-            f"maps and boxes have different batch sizes: {maps.shape[0]} vs {boxes.shape[0]}"
-        )
-    maps = _upsample(maps, image_size)
-    height, width = maps.shape[-2:]
-    return maps, _box_masks(boxes.to(maps.device), height, width, validate_args)
-
-
-def _count(t: Tensor) -> int:
-    return int(t.shape[0])
-
-
-def _relative_drop(y: Tensor, o: Tensor) -> Tensor:
-    """Per-sample ``max(0, y - o) / y``; 0 where ``y == 0`` (nothing can drop)."""
-    positive = y > 0
-    safe_y = torch.where(positive, y, torch.ones_like(y))
-    return torch.where(positive, torch.relu(y - o) / safe_y, torch.zeros_like(y))
-
-
-# --------------------------------------------------------------------------------------------
-# Explanation maps and confidences
-# --------------------------------------------------------------------------------------------
-
-
-def _channel_stats(
-    stats: Sequence[float] | Tensor, images: Tensor, name: str
-) -> Tensor:  # [1, C, 1, 1]
-    t = torch.as_tensor(stats, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-    if t.shape[1] not in (1, images.shape[1]):
-        raise ValueError(
-            f"{name} has {t.shape[1]} values but the images have {images.shape[1]} channels"
-        )
-    return t
-
-
-def explanation_maps(
-    images: Tensor,
-    maps: Tensor,
-    mean: Sequence[float] | Tensor | None = None,
-    std: Sequence[float] | Tensor | None = None,
-) -> Tensor:
-    """Explanation images ``E = L ∘ I`` of the Grad-CAM++ paper, batched.
-
-    ``L`` is the map upsampled to the image size and min-max normalised (see the module notes
-    for constant maps). With ``mean``/``std`` the images are taken as normalised
-    ``(x - mean) / std``: the product is formed in pixel space and normalised again,
-    ``E = ((I * std + mean) * L - mean) / std``. Without them ``E = I * L``.
-
-    Args:
-        images: ``[B, C, H, W]`` images as the model sees them.
-        maps: ``[B, h, w]`` saliency maps, any resolution.
-        mean: Per-channel mean of the images' normalisation, or None.
-        std: Per-channel std of the images' normalisation, or None.
-
-    Returns:
-        ``[B, C, H, W]`` explanation images, normalised like ``images``.
-
-    Example:
-        >>> import torch
-        >>> images = torch.ones(1, 3, 4, 4)
-        >>> maps = torch.tensor([[[0.0, 2.0], [2.0, 2.0]]])
-        >>> explanation_maps(images, maps)[0, 0]
-        tensor([[0.0000, 0.2500, 0.7500, 1.0000],
-                [0.2500, 0.4375, 0.8125, 1.0000],
-                [0.7500, 0.8125, 0.9375, 1.0000],
-                [1.0000, 1.0000, 1.0000, 1.0000]])
-    """
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        shape = _shape(images) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be [B, C, H, W], got {shape}")
-    maps = _check_maps(maps)
-    if maps.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"images and maps have different batch sizes: {images.shape[0]} vs {maps.shape[0]}"
-        )
-    if (mean is None) != (std is None):
-        raise ValueError("pass both mean and std (normalised images) or neither")
-    if not images.dtype.is_floating_point:
-        images = images.float()
-    weights = _normalize(_upsample(maps.to(images.device), images.shape[-2:]))
-    weights = weights.to(images.dtype)[:, None]  # [B, 1, H, W]
-    if mean is None:
-        return images * weights
-    mean_t = _channel_stats(mean, images, "mean")
-    std_t = _channel_stats(std, images, "std")
-    return ((images * std_t + mean_t) * weights - mean_t) / std_t
-
-
-def explanation_confidences(
-    model: nn.Module,
-    images: Tensor,
-    maps: Tensor,
-    targets: Tensor | None = None,
-    mean: Sequence[float] | Tensor | None = None,
-    std: Sequence[float] | Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Confidences ``Y`` on the images and ``O`` on their explanation maps ``E``.
-
-    Two batched forward passes under ``torch.no_grad()``: ``Y_i = softmax(model(I))_i[c_i]``
-    and ``O_i = softmax(model(E))_i[c_i]`` with ``E`` from :func:`explanation_maps`. The
-    model's train/eval mode is left as it is (call ``model.eval()`` first for batch norm).
-
-    Args:
-        model: Classifier returning ``[B, num_classes]`` logits.
-        images: ``[B, C, H, W]`` images as the model sees them (normalised with mean/std).
-        maps: ``[B, h, w]`` saliency maps for ``targets``, any resolution.
-        targets: ``[B]`` explained class per sample; None uses the prediction on ``images``.
-        mean: Per-channel normalisation mean of ``images`` (None: multiply ``images`` as is).
-        std: Per-channel normalisation std of ``images``.
-
-    Returns:
-        ``(y, o)``: float32 ``[B]`` confidences, inputs of :func:`average_drop` and friends.
-
-    Example:
-        >>> import torch
-        >>> _ = torch.manual_seed(0)
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
-        >>> images = torch.randn(2, 3, 4, 4)
-        >>> y, o = explanation_confidences(model, images, torch.ones(2, 4, 4))
-        >>> torch.equal(y, o)  # a uniform map keeps the whole image
-        True
-    """
-    with torch.no_grad():
-        explained = explanation_maps(images, maps, mean, std)
-        logits = model(images)
-        if logits.ndim != 2:
-            raise ValueError(f"model must return [B, C] logits, got shape {_shape(logits)}")
-        targets = select_targets(logits, targets)[:, None]
-        y = logits.float().softmax(dim=1).gather(1, targets)[:, 0]
-        o = model(explained).float().softmax(dim=1).gather(1, targets)[:, 0]
-    return y, o
 
 
 # --------------------------------------------------------------------------------------------

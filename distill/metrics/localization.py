@@ -12,14 +12,13 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from distill.metrics._inputs import Size, _pair
 from distill.metrics.functional import (
-    Size,
     _check_delta,
     _energy_pointing_game_compute,
     _energy_pointing_game_update,
     _localization_compute,
     _localization_update,
-    _pair,
 )
 
 __all__ = ["EnergyPointingGame", "Localization"]

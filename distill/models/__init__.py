@@ -21,16 +21,19 @@ also declare ``token_layout(image_size)`` (prefix tokens, patch grid); their
 ``forward_features`` returns tokens (see :mod:`distill.models.transformers`).
 """
 
-from . import cifar_resnet, cifar_resnet_x4, torchvision_models, vit, wide_resnet  # noqa: F401
-from ._registry import (
-    TIMM_PREFIX,
-    ModelCfg,
-    build_model,
-    check_weights,
-    get_model,
-    list_models,
-    register_model,
+# Every family file, imported for its registrations (the registry imports none of them).
+from . import (  # noqa: F401
+    cifar_resnet,
+    cifar_resnet_x4,
+    timm_models,
+    torchvision_models,
+    transformers,
+    vit,
+    wide_resnet,
 )
+from ._build import build_model, check_weights
+from ._cfg import TIMM_PREFIX, ModelCfg
+from ._registry import get_model, list_models, register_model
 from .cifar_resnet import CifarResNet
 from .imported import ImportedClassifier
 from .torchvision_models import TorchvisionClassifier

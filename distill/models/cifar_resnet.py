@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._cfg import ModelCfg
 from ._head import PooledLinearClassifier
-from ._registry import ModelCfg, register_model
+from ._registry import register_model
 
 __all__ = [
     "CifarResNet",

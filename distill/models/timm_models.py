@@ -28,7 +28,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from ._registry import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, ModelCfg
+from ._cfg import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, ModelCfg
+from ._registry import ModelFamily, register_family
 from .weights import WeightsError
 
 __all__ = ["PRETRAINED", "TimmClassifier", "import_timm"]
@@ -258,3 +259,27 @@ class TimmClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _build_timm(
+    name: str, num_classes: int, weights: str | None, kwargs: dict
+) -> TimmClassifier | None:
+    """``timm/<name>`` (the transformers among them are resolved before, by their family)."""
+    if not name.strip().lower().startswith(TIMM_PREFIX):
+        return None
+    timm_name = name.strip()[len(TIMM_PREFIX) :]
+    return TimmClassifier(timm_name, num_classes=num_classes, weights=weights, **kwargs)
+
+
+def _check_timm_weights(name: str, weights: str) -> bool:
+    if not name.strip().lower().startswith(TIMM_PREFIX):
+        return False
+    if weights != PRETRAINED:
+        raise ValueError(
+            f"timm models take weights={PRETRAINED} (choose the weights with the name's "
+            f"tag, e.g. timm/resnet50.a1_in1k) or a state_dict file, not {weights!r}"
+        )
+    return True
+
+
+register_family(ModelFamily("timm", order=30, build=_build_timm, check_weights=_check_timm_weights))

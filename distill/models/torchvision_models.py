@@ -49,7 +49,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ._registry import IMAGENET_MEAN, IMAGENET_STD, ModelCfg
+from ._cfg import IMAGENET_MEAN, IMAGENET_STD, ModelCfg
+from ._registry import ModelFamily, register_family
 from .weights import WeightsError
 
 __all__ = [
@@ -298,3 +299,34 @@ def _load_pretrained(name: str, weights, **model_kwargs) -> nn.Module:
             "the file itself as weights (teacher.weights=/path/to/file.pth); or leave weights "
             "unset for random initialisation."
         ) from exc
+
+
+def _build_torchvision(
+    name: str, num_classes: int, weights: str | None, kwargs: dict
+) -> TorchvisionClassifier | None:
+    key = name.strip().lower()
+    if key not in torchvision_model_names():
+        return None
+    if weights is not None:
+        kwargs = {**kwargs, "weights": weights}
+    return TorchvisionClassifier(key, num_classes=num_classes, **kwargs)
+
+
+def _check_torchvision_weights(name: str, weights: str) -> bool:
+    key = name.strip().lower()
+    if key not in torchvision_model_names():
+        return False
+    _resolve_weights(key, weights)
+    return True
+
+
+register_family(
+    ModelFamily(
+        "torchvision",
+        order=40,
+        build=_build_torchvision,
+        check_weights=_check_torchvision_weights,
+        listed=list_torchvision_models,
+        known=torchvision_model_names,
+    )
+)

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 
 from distill.cam.tokens import TokenLayout
 
-from ._registry import IMAGENET_MEAN, IMAGENET_STD, ModelCfg
+from ._cfg import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, ModelCfg
+from ._registry import ModelFamily, register_family
 from .torchvision_models import _load_pretrained, _resolve_weights
 
 __all__ = [
@@ -60,7 +61,6 @@ __all__ = [
     "torchvision_transformer_names",
 ]
 
-TIMM_PREFIX = "timm/"
 _TIMM_MODULES = ("vision_transformer", "deit", "swin_transformer")
 
 
@@ -383,3 +383,13 @@ def build_transformer(
         cls = TorchvisionViT if key.startswith("vit_") else TorchvisionSwin
         return cls(key, num_classes=num_classes, weights=weights, **kwargs)
     return None
+
+
+def _build_transformer(name: str, num_classes: int, weights: str | None, kwargs: dict):
+    return build_transformer(name.strip(), num_classes=num_classes, weights=weights, **kwargs)
+
+
+# No weights check of its own: its names are torchvision's or timm's, checked by those families.
+register_family(
+    ModelFamily("transformers", 20, _build_transformer, listed=torchvision_transformer_names)
+)

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from distill.cam.tokens import TokenLayout
 
-from ._registry import CIFAR10_MEAN, CIFAR10_STD, ModelCfg, register_model
+from ._cfg import CIFAR10_MEAN, CIFAR10_STD, ModelCfg
+from ._registry import register_model
 
 __all__ = ["SmallViT", "vit_tiny_p4_32"]
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from distill.errors import UserError
 
+from ._registry import get_model, list_models
 from .key_map import KeyRule, apply_key_map, format_key_map, parse_key_map, suggest_rules
 
 __all__ = [
@@ -331,15 +332,13 @@ def _fitting_architecture(
 ) -> str | None:
     """A registered model (built on the meta device) whose keys and shapes the file fits,
     the classifier's shape aside."""
-    from ._registry import build_model, list_models
-
     classes = int(num_classes or 10)
     for candidate in list_models():
         if candidate == name:
             continue
         try:
             with torch.device("meta"):
-                other = build_model(candidate, num_classes=classes)
+                other = get_model(candidate, num_classes=classes)
         except Exception:  # a family that cannot be built here is no suggestion
             continue
         own = other.state_dict()

@@ -11,10 +11,13 @@ forward hooks on any layer capture activations that are not overwritten later.
 
 from __future__ import annotations
 
+import re
+
 from torch import Tensor, nn
 
+from ._cfg import ModelCfg
 from ._head import PooledLinearClassifier
-from ._registry import ModelCfg, register_model
+from ._registry import ModelFamily, no_named_weights, register_family, register_model
 
 __all__ = [
     "WideResNet",
@@ -249,3 +252,32 @@ def wrn_40_4(*, num_classes: int = 10, dropout: float = 0.0) -> WideResNet:
     return _wide_resnet(
         40, 4, num_classes=num_classes, dropout=dropout, default_cfg=_cfg(8_949_210)
     )
+
+
+_WRN_NAME = re.compile(r"^wrn_(\d+)_(\d+)$")
+
+
+def _build_any_wrn(
+    name: str, num_classes: int, weights: str | None, kwargs: dict
+) -> WideResNet | None:
+    """``wrn_<depth>_<width>`` for any depth and width the registered names do not cover."""
+    match = _WRN_NAME.match(name.strip().lower())
+    if match is None:
+        return None
+    if weights is not None:
+        raise no_named_weights(name, weights)
+    depth, width = int(match.group(1)), int(match.group(2))
+    return _wide_resnet(depth, width, num_classes=num_classes, **kwargs)
+
+
+def _check_any_wrn_weights(name: str, weights: str) -> bool:
+    if _WRN_NAME.match(name.strip().lower()):
+        raise no_named_weights(name, weights)
+    return False
+
+
+register_family(
+    ModelFamily(
+        "wrn_<depth>_<width>", order=10, build=_build_any_wrn, check_weights=_check_any_wrn_weights
+    )
+)

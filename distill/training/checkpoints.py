@@ -1,7 +1,7 @@
 """Read every model file the toolkit writes, and fingerprint weights.
 
-One loader serves teacher (:class:`~distill.lightning_modules.ClassifierModule`) and student
-(:class:`~distill.lightning_modules.DistillModule`) checkpoints, run directories and exported
+One loader serves teacher (:class:`~distill.training.lightning_modules.ClassifierModule`) and student
+(:class:`~distill.training.lightning_modules.DistillModule`) checkpoints, run directories and exported
 models, so inference code never needs to know which stage or format produced a network. Files
 are read with ``torch.load(weights_only=True)``: loading a checkpoint runs no pickled code.
 """

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distill.cam import capture_activations
-from distill.config import ConfigError
-from distill.console import MIN_CAM_SIZE
+from distill.errors import ConfigError
 from distill.models import build_model
+from distill.training.console import MIN_CAM_SIZE
 
 __all__ = ["cam_grid", "check_map_grids", "map_layers", "size_for_grid"]
 

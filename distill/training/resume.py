@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from distill.callbacks import INTERRUPTED
-from distill.checkpoints import CheckpointError
-from distill.config import ConfigError
+from distill.errors import ConfigError
 from distill.models.weights import describe_load_error
-from distill.run_dir import launched_worker
+from distill.training.callbacks import INTERRUPTED
+from distill.training.checkpoints import CheckpointError
+from distill.training.run_dir import launched_worker
 
 __all__ = [
     "RESULT_FREE_KEYS",

@@ -14,10 +14,10 @@ from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
-from distill import interrupt
 from distill.cam import EXPLAINERS
+from distill.cam.visualize import map_grid
 from distill.errors import UserError
-from distill.visualize import map_grid
+from distill.training import interrupt
 
 __all__ = [
     "MapImageCallback",
@@ -221,7 +221,7 @@ class LastCheckpoint(Checkpoint):
 
 
 class InterruptCheckpoint(Checkpoint):
-    """Stop a fit that SIGINT or SIGTERM asked to stop (:mod:`distill.interrupt`) at the next
+    """Stop a fit that SIGINT or SIGTERM asked to stop (:mod:`distill.training.interrupt`) at the next
     point whose state resumes exactly:
 
     - after a training batch that is not its epoch's last: save ``interrupted.ckpt``, from which

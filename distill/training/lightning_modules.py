@@ -19,7 +19,6 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.cam import GradCAMPlusPlus, resize_maps
-from distill.checkpoints import CheckpointError, load_classifier, weights_sha256
 from distill.losses import ExplanationDistiller, TeacherOutputs
 from distill.metrics import (
     AverageDrop,
@@ -31,8 +30,9 @@ from distill.metrics import (
     TopOneAgreement,
     explanation_confidences,
 )
-from distill.optim import build_optimizer, build_scheduler, param_groups
-from distill.teacher_cache import TeacherCache
+from distill.training.checkpoints import CheckpointError, load_classifier, weights_sha256
+from distill.training.optim import build_optimizer, build_scheduler, param_groups
+from distill.training.teacher_cache import TeacherCache
 
 __all__ = ["ClassifierModule", "DistillModule", "load_classifier", "CheckpointError"]
 

@@ -1,82 +1,36 @@
-"""Run configuration: a dataclass schema, YAML recipes on top of it, dot-list overrides.
+"""The run config's schema: every key, its type and its default, as dataclasses.
 
-``load_config("cifar_wrn", ["data.batch_size=64"])`` merges, in order: the schema's defaults,
-the recipe's ``base`` file (if it names one), the recipe, the overrides. Any unknown key, wrong
-type or invalid value raises :class:`ConfigError` with a one-line message naming the key and the
-valid choices, before any work starts (the checks are in :mod:`distill.config_checks`).
+A recipe in ``configs/`` states only what differs from these defaults; :mod:`distill.config.compose`
+merges recipes and overrides over them, and the comment beside a key is its documentation.
 """
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-
-from distill.errors import UserError
+from omegaconf import DictConfig
 
 __all__ = [
-    "ConfigError",
     "CifarDataConfig",
     "DataConfig",
     "ImageFolderDataConfig",
+    "LayerPairConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "STAGES",
     "ShapesDataConfig",
     "StreamDataConfig",
-    "ModelConfig",
-    "LossConfig",
-    "OptimConfig",
+    "TeacherCacheConfig",
     "TrainerConfig",
-    "LoggingConfig",
-    "RunConfig",
-    "CONFIG_DIR",
-    "STAGES",
-    "choices",
-    "find_config",
-    "load_config",
-    "list_configs",
     "stages_to_train",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
 STAGES: tuple[str, ...] = ("all", "teacher", "student")
-
-
-def choices() -> dict[str, tuple[str | bool, ...]]:
-    """Valid values of the keys that take a choice, read from the modules that own them."""
-    from distill.cam import CAM_METHODS
-    from distill.compile import COMPILE_MODES
-    from distill.data import CROPS, DATAMODULES
-    from distill.loggers import WANDB_MODES
-    from distill.losses.distiller import MAP_TARGETS
-    from distill.losses.functional import AT_FORMS, MAP_DISTANCES, MAP_NORMALIZATIONS
-    from distill.optim import OPTIMIZERS, SCHEDULES
-    from distill.teacher_cache import STORAGE_DTYPES
-
-    return {
-        "stage": STAGES,
-        "data.name": tuple(DATAMODULES),
-        "data.crop": CROPS,
-        "loss.map_method": tuple(CAM_METHODS),
-        "loss.map_target": MAP_TARGETS,
-        "loss.map_normalize": MAP_NORMALIZATIONS,
-        "loss.map_distance": MAP_DISTANCES,
-        "loss.at_form": AT_FORMS,
-        "optim.name": OPTIMIZERS,
-        "optim.schedule": SCHEDULES,
-        "logging.wandb": WANDB_MODES,
-        "teacher_cache.dtype": tuple(STORAGE_DTYPES),
-        "trainer.compile": COMPILE_MODES,
-    }
-
-
-class ConfigError(UserError, ValueError):
-    """An invalid configuration; the message is one line that names the key."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -262,7 +216,7 @@ class TrainerConfig:
     sync_batchnorm: bool = False  # DDP: batch statistics over the global batch
     # torch.compile the networks of the training step: false, true (= "default") or a mode such
     # as "reduce-overhead" (CUDA graphs). Autograd Grad-CAM maps keep the student eager (warned;
-    # see distill/compile.py).
+    # see distill/training/compile.py).
     compile: bool | str = False
     # Convolution weights (and so activations) in channels-last memory format: faster
     # convolutions on CPUs (oneDNN) and on tensor-core GPUs; the values are unchanged.
@@ -301,77 +255,6 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-def list_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Names of the recipes in ``configs/``."""
-    return sorted(p.stem for p in config_dir.glob("*.yaml"))
-
-
-def find_config(name_or_path: str, config_dir: Path = CONFIG_DIR) -> Path:
-    """Resolve a recipe name (``cifar_wrn``) or a YAML path to an existing file."""
-    candidates = [Path(name_or_path)]
-    if not name_or_path.endswith((".yaml", ".yml")):
-        candidates += [
-            config_dir / f"{name_or_path}.yaml",
-            Path("configs") / f"{name_or_path}.yaml",
-        ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    names = list_configs(config_dir)
-    close = difflib.get_close_matches(Path(name_or_path).stem, names, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(
-        f"config {name_or_path!r} not found (looked in {config_dir}){hint} "
-        f"available: {', '.join(names)}"
-    )
-
-
-def _schema_keys(node: Any) -> list[str]:
-    return [f.name for f in fields(node)] if is_dataclass(node) else []
-
-
-def _key_error(error: OmegaConfBaseException, schema: Any, source: str) -> ConfigError:
-    """Turn an omegaconf error into one line naming the full key and the valid ones."""
-    key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
-    parent_path, _, leaf = str(key).rpartition(".")
-    node = schema
-    for part in filter(None, parent_path.split(".")):
-        node = getattr(node, part, None)
-    valid = _schema_keys(node)
-    if isinstance(error, ConfigKeyError) and valid:
-        # An option of one dataset lives in its section: data.num_train -> data.shapes.num_train.
-        prefix = f"{parent_path}." if parent_path else ""
-        sections = [name for name in valid if leaf in _schema_keys(getattr(node, name, None))]
-        close = [f"{prefix}{name}.{leaf}" for name in sections]
-        close = close or difflib.get_close_matches(leaf, valid, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return ConfigError(
-            f"{source}: unknown key {key!r}{hint}; valid keys"
-            f"{' under ' + parent_path if parent_path else ''}: {', '.join(valid)}"
-        )
-    message = str(error).splitlines()[0]
-    return ConfigError(f"{source}: invalid value for {key!r}: {message}")
-
-
-def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
-    try:
-        merged = OmegaConf.merge(base, other)
-    except OmegaConfBaseException as error:
-        raise _key_error(error, RunConfig(), source) from None
-    assert isinstance(merged, DictConfig)
-    return merged
-
-
-def _read_yaml(path: Path) -> DictConfig:
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as error:  # yaml errors come in several types
-        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(loaded).__name__}")
-    return loaded
-
-
 def stages_to_train(cfg: DictConfig) -> list[str]:
     """The stages a run trains: ``stage=all`` skips the teacher when ``teacher.checkpoint``
     names an existing file (it is loaded instead)."""
@@ -379,60 +262,3 @@ def stages_to_train(cfg: DictConfig) -> list[str]:
         return [cfg.stage]
     teacher_present = bool(cfg.teacher.checkpoint) and Path(cfg.teacher.checkpoint).is_file()
     return ["student"] if teacher_present else ["teacher", "student"]
-
-
-def load_config(name_or_path: str = "quickstart", overrides: list[str] | None = None) -> DictConfig:
-    """Compose a run config: schema defaults < base recipe < recipe < dot-list overrides.
-
-    Args:
-        name_or_path: a recipe in ``configs/`` (``cifar_wrn``) or a path to a YAML file.
-        overrides: omegaconf dot-list entries such as ``["loss.map_weight=0", "data.root=/x"]``.
-
-    Returns:
-        A read-only, validated ``DictConfig`` with the :class:`RunConfig` structure.
-
-    Raises:
-        ConfigError: a missing file, an unknown key, a wrong type or an invalid value.
-
-    Example:
-        >>> cfg = load_config("quickstart", ["loss.map_weight=0"])
-        >>> cfg.loss.map_weight
-        0.0
-    """
-    path = find_config(name_or_path)
-    recipe = _read_yaml(path)
-    cfg = OmegaConf.structured(RunConfig)
-    chain = []
-    base_name = recipe.pop("base", None)
-    while base_name is not None:
-        base_path = find_config(str(base_name), path.parent)
-        base = _read_yaml(base_path)
-        chain.append((base, str(base_path)))
-        base_name = base.pop("base", None)
-    for base, source in reversed(chain):
-        cfg = _merge(cfg, base, source)
-    cfg = _merge(cfg, recipe, str(path))
-    if overrides:
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(
-                    f"override {item!r} must look like key=value (e.g. data.batch_size=64)"
-                )
-        try:
-            dotlist = OmegaConf.from_dotlist(list(overrides))
-        except Exception as error:  # omegaconf's errors, and yaml's for a value it cannot parse
-            detail = " ".join(str(error).split())
-            raise ConfigError(
-                f"overrides: {detail} (quote values holding ':', e.g. "
-                '\'teacher.key_map=["module.:", "linear.:fc."]\')'
-            ) from None
-        cfg = _merge(cfg, dotlist, "override")
-    try:
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
-    from distill.config_checks import validate  # it imports this module
-
-    validate(cfg)
-    OmegaConf.set_readonly(cfg, True)
-    return cfg

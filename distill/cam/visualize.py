@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from distill.cam import minmax_normalize, resize_maps
+from distill.cam.functional import minmax_normalize, resize_maps
 
 __all__ = [
     "CAPTION_HEIGHT",

@@ -1,5 +1,5 @@
 """Run directories: one fresh folder per run (shared by the processes of a DDP or SLURM job),
-and the files that say what ran in it (``--resume``: distill/resume.py)."""
+and the files that say what ran in it (``--resume``: distill/training/resume.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from distill.config import ConfigError
+from distill.errors import ConfigError
 
 __all__ = ["RUN_DIR_ENV", "launched_worker", "make_run_dir", "write_run_files"]
 

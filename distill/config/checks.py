@@ -10,7 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distill.config import ConfigError, choices, stages_to_train
+from distill.config.choices import choices
+from distill.config.schema import stages_to_train
+from distill.errors import ConfigError
 
 __all__ = ["validate"]
 
@@ -192,7 +194,7 @@ def _validate_models(cfg: DictConfig) -> None:
     _validate_map_methods(cfg, models)
     size = OmegaConf.select(cfg, "data.image_size", default=None)
     if size:  # else the size is known once the data is loaded; the run checks it then
-        from distill.resolution import check_map_grids
+        from distill.config.resolution import check_map_grids
 
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         check_map_grids(cfg, (3, int(height), int(width)))
@@ -253,7 +255,7 @@ def _validate_cam_layers(cfg: DictConfig, models: dict[str, Any]) -> None:
 
 def _warn_compile_fallback(cfg: DictConfig, student: Any) -> None:
     """``trainer.compile`` with autograd student maps compiles the teacher only: say so."""
-    from distill.compile import student_eager_reason
+    from distill.training.compile import student_eager_reason
 
     if cfg.trainer.compile is False or cfg.stage == "teacher":
         return

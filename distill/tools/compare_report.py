@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distill.loggers import wandb_mode, wandb_settings
+from distill.training.loggers import wandb_mode, wandb_settings
 
 __all__ = [
     "COLUMNS",

@@ -2,13 +2,16 @@
 
 ``python compare.py --config quickstart --seeds 0,1,2 [key=value ...]`` trains (or loads) the
 recipe's teacher once on the full training set (minus the holdout), then a student per method
-and seed through ``distill.pipeline.train`` (the overrides apply to every student:
+and seed through ``distill.tools.train.train`` (the overrides apply to every student:
 ``data.train_fraction=0.1`` for scarce data, ``loss.map_normalize=l2`` for normalised maps,
 ``loss.map_weight=0.1``...), tests each student once on the test split with the checkpoint its
-protocol selects (see :data:`distill.compare_report.PROTOCOL_NOTE`), and writes ``results.json``, ``results.md``
+protocol selects (see :data:`distill.tools.compare_report.PROTOCOL_NOTE`), and writes ``results.json``, ``results.md``
 (mean and std over seeds; one seed: its value, no spread) and ``results.png`` into ``<output_dir>/compare-<name>/<stamp>/``.
 With wandb on, every training is its own run in one group named after that folder, and a last
-run (job type ``compare``) holds the results table and the plot (:mod:`distill.compare_report`).
+run (job type ``compare``) holds the results table and the plot (:mod:`distill.tools.compare_report`).
+
+The methods and the checks of a method list are in :mod:`distill.tools.compare_methods`, what is
+measured on each student in :mod:`distill.tools.compare_eval`.
 """
 
 from __future__ import annotations
@@ -25,22 +28,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from distill.cam import CAM_METHODS, GradCAMPlusPlus
-from distill.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
-from distill.config import ConfigError, load_config
-from distill.errors import UserError, report
-from distill.interrupt import RunInterrupted
-from distill.metrics import (
-    ROAD,
-    AverageDrop,
-    DeletionAUC,
-    EnergyPointingGame,
-    IncreaseInConfidence,
-    InsertionAUC,
-    Localization,
-    WinPercentage,
-    explanation_confidences,
+from distill.config import load_config
+from distill.errors import ConfigError, UserError, report
+from distill.tools.compare_eval import evaluate_student, win_vs
+from distill.tools.compare_methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    check_choices,
+    check_method_configs,
+    parse_sweep,
 )
+from distill.tools.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
+from distill.training.interrupt import RunInterrupted
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -51,161 +50,6 @@ __all__ = [
     "evaluate_student",
     "main",
 ]
-
-WRN_GROUPS = "[{student: block1, teacher: block1}, {student: block2, teacher: block2}, {student: block3, teacher: block3}]"
-CE_ONLY = ["loss.ce_weight=1.0", "loss.kd_weight=0"]
-FIELD_KD = ["loss.ce_weight=0.1", "loss.kd_weight=0.9", "loss.temperature=4"]
-METHODS: dict[str, list[str]] = {
-    "ce": [*CE_ONLY, "loss.map_weight=0"],
-    "kd": [*FIELD_KD, "loss.map_weight=0"],
-    "at": [
-        *CE_ONLY,
-        "loss.map_weight=0",
-        "loss.at_weight=1000",
-        f"loss.at_layers={WRN_GROUPS}",
-    ],
-    "gradcam": [*CE_ONLY, "loss.map_method=gradcam"],
-    "gradcam_pp": [*CE_ONLY],
-    "kd_gradcam_pp": [*FIELD_KD],
-    "dkd": [*CE_ONLY, "loss.map_weight=0", "loss.dkd_weight=1", "loss.temperature=4"],
-    "kd_ls": [
-        "loss.ce_weight=0.1",
-        "loss.kd_weight=9",
-        "loss.temperature=2",
-        "loss.logit_standardize=true",
-        "loss.map_weight=0",
-    ],
-    "dkd_ls": [
-        *CE_ONLY,
-        "loss.map_weight=0",
-        "loss.dkd_weight=1",
-        "loss.temperature=4",
-        "loss.logit_standardize=true",
-    ],
-    "cat_kd": [*CE_ONLY, "loss.map_weight=0", "loss.cat_weight=${loss.cat_beta}"],
-    "e2kd": [
-        "loss.ce_weight=1.0",
-        "loss.kd_weight=1.0",
-        "loss.temperature=1",
-        "loss.map_weight=1",
-        "loss.map_method=gradcam",
-        "loss.map_target=teacher",
-        "loss.map_distance=cosine",
-        "loss.map_normalize=none",
-    ],
-    **{
-        f"kd_{name}": [*FIELD_KD, f"loss.map_method={name}"]
-        for name in CAM_METHODS
-        if name != "gradcam_pp"
-    },
-}
-"""Loss overrides of each method (on top of the recipe's ``loss`` section). KD is the field's
-(CE 0.1, KD 0.9, T=4: mdistiller, RepDistiller), and the maps are added on top of that same KD;
-methods without KD train with CE at weight 1. AT is its authors' (weight 1000 on the three WRN
-groups, beside CE). The map weight and method come from the recipe (the paper's 0.01). The
-field's baselines as their authors run them (docs/baselines.md): DKD (CE 1, alpha 1, beta
-``loss.dkd_beta`` from the recipe, T 4, 20-epoch warm-up); KD with logit standardisation
-(CE 0.1, KD 9, base temperature 2); DKD with it; CAT-KD (CE 1 + ``loss.cat_beta`` x CAT, no
-logit KD); e2KD (CE 1 + KD 1 at T 1 + 1 x (1 - cos) of Grad-CAM maps of the teacher's top-1
-class, :mod:`distill.losses.e2kd`). ``kd_gradcam_pp`` keeps the recipe's map method, ``kd_<name>``
-sets ``loss.map_method=<name>`` for every other method of :data:`distill.cam.CAM_METHODS`
-(``kd_cam`` only where the map layers feed the pooled heads: :func:`check_method_configs`
-refuses it elsewhere)."""
-DEFAULT_METHODS = ("ce", "kd", "at", "gradcam", "gradcam_pp", "kd_gradcam_pp")
-"""What ``--methods`` compares when not given."""
-
-
-@torch.no_grad()
-def evaluate_student(
-    student: torch.nn.Module, dm: Any, batch_size: int = 256, split: str = "test"
-) -> tuple[dict[str, float], torch.Tensor]:
-    """Faithfulness (and, with boxes, localisation) of the student's Grad-CAM++ maps for its
-    predicted class on an evaluation split (the test split by default: these numbers select
-    nothing).
-
-    Returns:
-        The metrics and the per-sample confidence drops (for Win %).
-    """
-    student = student.eval()
-    device = next(student.parameters()).device
-    images, labels = dm.fixed_batch(10**9, split)  # the whole split, in loader order
-    extras = getattr(dm, "split_extras", None)
-    boxes = extras(split)[0] if extras is not None else None
-    drop, increase = AverageDrop(), IncreaseInConfidence()
-    deletion, insertion = DeletionAUC(), InsertionAUC()  # 20 steps each, softmax, zero baseline
-    road_morf = ROAD(order="morf")  # shares 0.1 ... 0.9, noise 0.01 seeded: repeatable
-    loc, energy = (
-        Localization(delta=0.5, image_size=images.shape[-2:]),
-        EnergyPointingGame(image_size=images.shape[-2:]),
-    )
-    drops = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
-        maps, scores = GradCAMPlusPlus(student).maps_and_scores(batch)  # the predicted class
-        predicted = scores.argmax(1)
-        y, o = explanation_confidences(student, batch, maps, predicted, mean=dm.mean, std=dm.std)
-        drop.update(y, o)
-        increase.update(y, o)
-        deletion.update(student, batch, maps, predicted, logits=scores)
-        insertion.update(student, batch, maps, predicted, logits=scores)
-        road_morf.update(student, batch, maps, predicted, logits=scores)
-        drops.append((y - o).clamp_min(0) / y.clamp_min(1e-12))
-        if boxes is not None:
-            batch_boxes = boxes[start : start + batch_size].to(device)
-            loc.update(maps, batch_boxes)
-            energy.update(maps, batch_boxes)
-    metrics = {
-        "average_drop": float(drop.compute()),
-        "increase_in_confidence": float(increase.compute()),
-        "deletion_auc": float(deletion.compute()),
-        "insertion_auc": float(insertion.compute()),
-        "road_morf": float(road_morf.compute()),
-        "localization": float(loc.compute()) if boxes is not None else float("nan"),
-        "energy_pointing": float(energy.compute()) if boxes is not None else float("nan"),
-    }
-    return metrics, torch.cat(drops).cpu()
-
-
-def _win_vs(drops: torch.Tensor, baseline: torch.Tensor) -> float:
-    """Win % of a method over a baseline from per-sample drops (ties count for neither)."""
-    win = WinPercentage()
-    # Win % compares drops; pass y = 1 and o = 1 - drop so that drop = max(0, y - o) / y.
-    ones = torch.ones_like(drops)
-    win.update(ones, ones - drops, ones - baseline)
-    return float(win.compute())
-
-
-def parse_sweep(text: str) -> tuple[str, list[str]]:
-    """``"loss.map_weight=0.001,0.01"`` -> ``("loss.map_weight", ["0.001", "0.01"])``."""
-    key, sep, values = text.partition("=")
-    swept = [v for v in values.split(",") if v]
-    if not sep or not key or not swept:
-        raise ConfigError(
-            f"--sweep {text!r} must look like key=v1,v2 (e.g. loss.map_weight=0,0.01)"
-        )
-    return key, swept
-
-
-def check_choices(methods: Sequence[str], seeds: Sequence[int]) -> None:
-    """Refuse, before anything trains, an empty or unknown method list and an empty seed list:
-    a comparison of nothing would train the teacher, then fail at the table."""
-    if not methods:
-        raise ConfigError(f"--methods is empty; name one or more of {','.join(METHODS)}")
-    unknown = [m for m in dict.fromkeys(methods) if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    if not seeds:
-        raise ConfigError("--seeds is empty; name one or more seeds, e.g. --seeds 0,1,2")
-
-
-def check_method_configs(config: str, overrides: Sequence[str], methods: Sequence[str]) -> None:
-    """Load each method's config before anything trains, so that a method the recipe cannot
-    run (``kd_cam`` away from the pooled-head layers) is refused at once, in one line."""
-    for method in dict.fromkeys(methods):
-        try:
-            load_config(config, [*overrides, *METHODS[method]])
-        except ConfigError as error:
-            raise ConfigError(f"--methods {method}: {error}") from None
 
 
 def _variants(
@@ -259,7 +103,7 @@ def compare(
         cache: students read the teacher's outputs from a :class:`distill.TeacherCache`
             (built by the first of them) instead of running the teacher.
     """
-    from distill.pipeline import train  # heavy imports
+    from distill.tools.train import train  # heavy imports
 
     check_choices(methods, seeds)
     base = load_config(config, list(overrides))
@@ -335,7 +179,7 @@ def compare(
         row["win_vs_ce"] = (
             float("nan")
             if baseline is None or row["method"] == ce_label
-            else _win_vs(drops[(row["method"], row["seed"])], baseline)
+            else win_vs(drops[(row["method"], row["seed"])], baseline)
         )
     note = f"config `{config}`, overrides `{' '.join(overrides) or '-'}`, seeds {list(seeds)}"
     if cache:
