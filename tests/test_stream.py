@@ -307,7 +307,7 @@ def test_two_processes_stream_disjoint_evened_out_shards(optimized, tmp_path):
     """Under DDP litdata gives each process its own samples, the same number on each (a
     process that ran out of batches before the others would hang the collective calls): 18
     training images are 9 per process, 8 in whole batches of 2; the 6 holdout images are 3 per
-    process, 2 in whole batches. What is left out is documented in the README."""
+    process, 2 in whole batches. What is left out is documented in docs/scaling.md."""
     import socket
 
     import torch.multiprocessing as mp

@@ -57,9 +57,11 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
             then resizes and center-crops): see :mod:`distill.data.preprocess`.
         mean: Per-channel normalisation mean (``[0, 1]`` scale); subclass default if ``None``.
         std: Per-channel normalisation std; subclass default if ``None``.
-        train_fraction, subset_seed, val_fraction: The validation holdout and the class-balanced
-            training share (:class:`~distill.data.splits.SplitSelection`). ``val_fraction=0``:
-            validation runs on the test split and nothing may be selected on it.
+        train_fraction: The class-balanced share of the training split (after the holdout)
+            that trains (:class:`~distill.data.splits.SplitSelection`).
+        subset_seed: Seed of the holdout and of that share.
+        val_fraction: The class-balanced validation holdout. ``val_fraction=0``: validation
+            runs on the test split and nothing may be selected on it.
     """
 
     default_mean: tuple[float, ...] = CIFAR10_MEAN

@@ -90,8 +90,8 @@ class ExplanationDistiller(TeacherSide):
             softmax of KD and DKD (Sun et al., CVPR 2024; :func:`distill.losses.kd_loss`).
         dkd_weight: weight of DKD (:mod:`distill.losses.dkd`; 1 with ``ce_weight=1``,
             ``kd_weight=0`` is the authors' DKD; 0 disables it). It shares ``temperature``.
-        dkd_alpha, dkd_beta: DKD's target and non-target weights (authors: 1 and 8; 6 for
-            WRN-40-2 -> WRN-16-2).
+        dkd_alpha: DKD's target-class weight (authors: 1).
+        dkd_beta: DKD's non-target weight (authors: 8; 6 for WRN-40-2 -> WRN-16-2).
         dkd_warmup_epochs: the DKD term grows linearly over this many epochs (authors: 20);
             pass ``epoch=`` to :meth:`forward` in training.
         cat_weight: weight (CAT-KD's beta) of class activation transfer

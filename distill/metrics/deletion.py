@@ -220,7 +220,10 @@ class DeletionAUC(Metric):
     :func:`perturbation_curves` (``steps + 1`` batched forwards at most, under ``no_grad``).
 
     Args:
-        steps, baseline, softmax, chunk_steps: As in :func:`perturbation_curves`.
+        steps: As in :func:`perturbation_curves`.
+        baseline: As in :func:`perturbation_curves`.
+        softmax: As in :func:`perturbation_curves`.
+        chunk_steps: As in :func:`perturbation_curves`.
         kwargs: Forwarded to :class:`torchmetrics.Metric`.
     """
 

@@ -233,7 +233,10 @@ class ROAD(Metric):
     (one imputation and one batched forward per fraction, under ``no_grad``).
 
     Args:
-        order, fractions, noise, softmax: As in :func:`road_scores`.
+        order: As in :func:`road_scores`.
+        fractions: As in :func:`road_scores`.
+        noise: As in :func:`road_scores`.
+        softmax: As in :func:`road_scores`.
         seed: Seed of the noise's generator (made on the images' device at the first update and
             kept across ``reset``): two metrics with the same seed give the same values.
         kwargs: Forwarded to :class:`torchmetrics.Metric`.
