@@ -92,13 +92,17 @@ def test_win_percentage_from_drops_and_summary_format():
             "seed": s,
             "selected_on": "last",
             "test_acc": a,
+            "test_acc_last": a - 0.1,
             "val_agreement": 0.5,
             "val_map_similarity": 0.9,
         }
         for s, a in ((0, 0.80), (1, 0.90))
     ]
     table = summarize(rows)
-    assert "| CE + KD | 2 | last | 85.00 ± 7.07 | 50.00 ± 0.00 | 0.90 ± 0.00 | n/a |" in table
+    assert (
+        "| CE + KD | 2 | last | 85.00 ± 7.07 | 75.00 ± 7.07 | 50.00 ± 0.00 | 0.90 ± 0.00 | n/a |"
+        in table
+    )
 
 
 def test_methods_use_the_fields_kd_and_add_maps_on_top_of_it():
@@ -186,3 +190,58 @@ def test_options_may_follow_the_overrides(capsys):
     "unrecognized arguments"): here it reaches the method check."""
     assert main(["seed=1", "--methods", "nope", "--no-cache", "loss.kd_weight=0.5"]) == 2
     assert "unknown methods ['nope']" in capsys.readouterr().err
+
+
+def test_a_diverged_student_is_recorded_and_the_comparison_goes_on(tiny_overrides, monkeypatch):
+    import distill.tools.train as train_module
+    from distill.training.callbacks import NonFiniteLossError
+
+    real_train = train_module.train
+
+    def train(cfg, **options):
+        if cfg.name == "kd-seed0":
+            raise NonFiniteLossError("training loss is nan at epoch 0, step 1")
+        return real_train(cfg, **options)
+
+    monkeypatch.setattr(train_module, "train", train)
+    rows, out = compare(
+        "quickstart", tiny_overrides, seeds=[0, 1], methods=["ce", "kd"], eval_images=8
+    )
+    assert [(r["method"], r["seed"], "diverged" in r) for r in rows] == [
+        ("ce", 0, False),
+        ("kd", 0, True),
+        ("ce", 1, False),
+        ("kd", 1, False),
+    ]
+    assert rows[1]["diverged"] == "training loss is nan at epoch 0, step 1"
+    assert json.loads((out / "settings.json").read_text())["eval_images"] == 8
+    table = (out / "results.md").read_text()
+    kd_line = next(line for line in table.splitlines() if line.startswith("| CE + KD |"))
+    assert "| 2 (1 diverged) | holdout |" in kd_line
+    assert f"{100 * rows[3]['test_acc']:.2f} |" in kd_line  # seed 1 alone: no spread
+    assert "faithfulness on 8 test images" in table
+    for row in (rows[0], rows[2], rows[3]):
+        assert 0 <= row["test_acc_last"] <= 1 and 0 <= row["deletion_auc"] <= 1
+
+
+def test_faithfulness_on_a_subset_uses_the_evenly_spaced_images(tiny_overrides):
+    from distill.config import load_config
+    from distill.data import datamodule_from_config
+    from distill.models import build_model
+    from distill.tools.compare_eval import evaluate_student
+
+    cfg = load_config("quickstart", tiny_overrides)
+    dm = datamodule_from_config(cfg.data, seed=0)
+    dm.setup("test")
+    images, labels = dm.fixed_batch(10**9, "test")
+    indices = dm.fixed_indices(6, "test")
+    subset, subset_labels = dm.fixed_batch(6, "test")
+    assert len(indices) == 6 and len(set(indices.tolist())) == 6
+    assert torch.equal(subset, images[indices]) and torch.equal(subset_labels, labels[indices])
+    torch.manual_seed(0)
+    student = build_model(cfg.student.name, num_classes=dm.num_classes).eval()
+    every, _ = evaluate_student(student, dm)
+    all_by_count, _ = evaluate_student(student, dm, num_images=len(images))
+    some, drops = evaluate_student(student, dm, num_images=6)
+    assert every == all_by_count
+    assert drops.shape == (6,) and all(math.isfinite(v) for v in some.values())

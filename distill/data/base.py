@@ -333,6 +333,10 @@ class ImageDataModule(BatchTransferHooks, L.LightningDataModule):
         Returns:
             Normalised float images ``[n, 3, H, W]`` and int64 labels ``[n]``, on the CPU.
         """
-        data = self._split(split)
-        n = max(0, min(int(n), len(data)))
-        return data.eval_batch((torch.arange(n) * len(data)) // max(n, 1), self.transforms)
+        return self._split(split).eval_batch(self.fixed_indices(n, split), self.transforms)
+
+    def fixed_indices(self, n: int, split: str = "val") -> Tensor:
+        """The indices into ``split`` (loader order) of the samples :meth:`fixed_batch` returns."""
+        size = len(self._split(split))
+        n = max(0, min(int(n), size))
+        return (torch.arange(n) * size) // max(n, 1)

@@ -10,7 +10,7 @@ the change of the explained class's probability, averaged over the fractions: Mo
 should be large (lower is better), LeRF drops small (higher is better).
 
 The system is solved per image and channel by conjugate gradients on the masked 3x3 stencil
-(batched convolutions, Jacobi preconditioner) to a relative residual ``tol``, not by a sparse
+(batched shifted sums, Jacobi preconditioner) to a relative residual ``tol``, not by a sparse
 direct solver: same solution to float32 precision, on the device.
 
 Peer agreement (pytorch-grad-cam 1.5.7, ``pytorch_grad_cam.metrics.road``):
@@ -79,13 +79,8 @@ def noisy_linear_imputation(
     work = torch.float64 if images.dtype == torch.float64 else torch.float32
     x = images.to(work)
     hole = removed[:, None].to(work)  # [B, 1, H, W]
-    kernel = torch.tensor(_STENCIL, dtype=work, device=images.device)
-    weight = kernel.expand(channels, 1, 3, 3)
-
-    def neighbours(t: Tensor) -> Tensor:
-        return F.conv2d(t, weight, padding=1, groups=channels)
-
-    degree = neighbours(torch.ones_like(x[:1]))  # in-image neighbour weight of each pixel
+    degree = _neighbours(torch.ones_like(x[:1, :1]))  # in-image neighbour weight of each pixel
+    neighbours = _neighbours
 
     def apply(u: Tensor) -> Tensor:  # the system: degree * u - (neighbours inside the hole)
         return hole * (degree * u - neighbours(u))
@@ -93,7 +88,8 @@ def noisy_linear_imputation(
     rhs = hole * neighbours(x * (1 - hole))
     u = torch.zeros_like(x)
     r = rhs.clone()
-    z = hole * r / degree
+    precondition = hole / degree  # Jacobi, zero outside the hole
+    z = precondition * r
     p = z.clone()
     rz = (r * z).sum((2, 3), keepdim=True)
     if tol is None:
@@ -109,7 +105,7 @@ def noisy_linear_imputation(
         rr = (r * r).sum((2, 3), keepdim=True)
         if it % 8 == 7 and bool((rr <= threshold).all()):  # one device sync per 8 iterations
             break
-        z = hole * r / degree
+        z = precondition * r
         rz_next = (r * z).sum((2, 3), keepdim=True)
         beta = torch.where(rz > 0, rz_next / rz.clamp_min(1e-30), torch.zeros_like(rz))
         p = z + beta * p
@@ -117,6 +113,19 @@ def noisy_linear_imputation(
     if noise:
         u = u + noise * torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
     return torch.where(hole.bool(), u, x).to(images.dtype)
+
+
+def _neighbours(t: Tensor) -> Tensor:
+    """The 3x3 stencil's weighted sum of each pixel's in-image neighbours (zero outside).
+
+    The stencil is ``[1, 2, 1]^T [1, 2, 1] / 12`` without its centre (``4 / 12``), so two
+    passes of shifted slices compute it: on the CPU about 20x faster than the same stencil as a
+    grouped ``conv2d``, which dominated the solver's time.
+    """
+    p = F.pad(t, (1, 1, 1, 1))
+    rows = p[..., :-2, :].add(p[..., 2:, :]).add_(p[..., 1:-1, :], alpha=2)
+    both = rows[..., :-2].add(rows[..., 2:]).add_(rows[..., 1:-1], alpha=2)
+    return both.sub_(t, alpha=4).div_(12)
 
 
 def _removal_masks(maps: Tensor, fractions: Tensor, order: str) -> Tensor:

@@ -39,6 +39,7 @@ from distill.tools.compare_methods import (
     parse_sweep,
 )
 from distill.tools.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
+from distill.training.callbacks import NonFiniteLossError
 from distill.training.interrupt import RunInterrupted
 
 __all__ = [
@@ -91,6 +92,7 @@ def compare(
     methods: Sequence[str],
     sweep: tuple[str, list[str]] | None = None,
     cache: bool = True,
+    eval_images: int | None = None,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Train the teacher once, then every method (and swept value) at every seed; return the
     rows and the folder.
@@ -102,6 +104,12 @@ def compare(
         sweep: ``(key, values)``: train each method once per value (e.g. ``loss.map_weight``).
         cache: students read the teacher's outputs from a :class:`distill.TeacherCache`
             (built by the first of them) instead of running the teacher.
+        eval_images: measure faithfulness on this many test images, evenly spaced over the
+            split (the same ones for every student); None: the whole split. Top-1 always
+            uses the whole test split.
+
+    A student whose loss becomes NaN/inf is recorded as diverged (the row keeps the error)
+    and the comparison goes on with the next one.
     """
     from distill.tools.train import train  # heavy imports
 
@@ -138,6 +146,7 @@ def compare(
         "sweep": list(sweep) if sweep else None,
         "teacher_cache": cache,
         "teacher": teacher_ckpt,
+        "eval_images": eval_images,
     }
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     rows: list[dict[str, Any]] = []
@@ -158,10 +167,18 @@ def compare(
                     f"name={run_name}-seed{seed}",
                 ],
             )
-            summary, result = train(cfg, print_sync=False)
+            try:
+                summary, result = train(cfg, print_sync=False)
+            except NonFiniteLossError as error:  # recorded; the other students still run
+                print(f"{label} seed {seed} diverged: {error}", file=sys.stderr)
+                rows.append({"method": label, "seed": seed, "diverged": str(error)})
+                (out / "results.json").write_text(json.dumps(rows, indent=2))
+                continue
             student = summary["student"]
             dm = result.trainers["student"].datamodule
-            metrics, drops[(label, seed)] = evaluate_student(result.student, dm)
+            metrics, drops[(label, seed)] = evaluate_student(
+                result.student, dm, num_images=eval_images
+            )
             rows.append(
                 {
                     "method": label,
@@ -178,10 +195,12 @@ def compare(
         baseline = drops.get((ce_label, row["seed"]))
         row["win_vs_ce"] = (
             float("nan")
-            if baseline is None or row["method"] == ce_label
+            if baseline is None or row["method"] == ce_label or "diverged" in row
             else win_vs(drops[(row["method"], row["seed"])], baseline)
         )
     note = f"config `{config}`, overrides `{' '.join(overrides) or '-'}`, seeds {list(seeds)}"
+    if eval_images is not None:
+        note += f"; faithfulness on {eval_images} test images evenly spaced over the split"
     if cache:
         note += (
             "; teacher outputs read from a cache: every student saw the same augmented batches "
@@ -239,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="run the teacher in every student step instead of reading a teacher cache",
     )
+    parser.add_argument(
+        "--eval-images",
+        type=int,
+        metavar="N",
+        help="faithfulness metrics on N test images evenly spaced over the split "
+        "(default: all; top-1 always uses all)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_intermixed_args(argv)  # options may follow the key=value overrides
     if args.merge:
@@ -252,13 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed]
         sweep = parse_sweep(args.sweep) if args.sweep else None
+        if args.eval_images is not None and args.eval_images < 1:
+            raise ConfigError(f"--eval-images must be a positive number, got {args.eval_images}")
         check_choices(methods, seeds)
         load_config(args.config, args.overrides)
         check_method_configs(args.config, args.overrides, methods)
     except ValueError as error:  # a ConfigError, or a seed that is not a number
         return report(error if isinstance(error, UserError) else ConfigError(f"--seeds: {error}"))
     try:
-        rows, out = compare(args.config, args.overrides, seeds, methods, sweep, args.cache)
+        rows, out = compare(
+            args.config, args.overrides, seeds, methods, sweep, args.cache, args.eval_images
+        )
     except UserError as error:  # bad weights or data, a NaN loss, a config found wrong late
         return report(error)
     except RunInterrupted as stopped:  # Ctrl-C or SIGTERM, at a safe point of the current run

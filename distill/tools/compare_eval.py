@@ -26,20 +26,28 @@ __all__ = ["evaluate_student", "win_vs"]
 
 @torch.no_grad()
 def evaluate_student(
-    student: torch.nn.Module, dm: Any, batch_size: int = 256, split: str = "test"
+    student: torch.nn.Module,
+    dm: Any,
+    batch_size: int = 256,
+    split: str = "test",
+    num_images: int | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Faithfulness (and, with boxes, localisation) of the student's Grad-CAM++ maps for its
     predicted class on an evaluation split (the test split by default: these numbers select
-    nothing).
+    nothing): all of it, or ``num_images`` of its samples evenly spaced over it (class-diverse, the
+    same for every student; see ``fixed_batch``).
 
     Returns:
         The metrics and the per-sample confidence drops (for Win %).
     """
     student = student.eval()
     device = next(student.parameters()).device
-    images, labels = dm.fixed_batch(10**9, split)  # the whole split, in loader order
+    count = (
+        num_images if num_images is not None else 10**9
+    )  # None: the whole split, in loader order
+    images, labels = dm.fixed_batch(count, split)
     extras = getattr(dm, "split_extras", None)
-    boxes = extras(split)[0] if extras is not None else None
+    boxes = extras(split)[0][dm.fixed_indices(count, split)] if extras is not None else None
     drop, increase = AverageDrop(), IncreaseInConfidence()
     deletion, insertion = DeletionAUC(), InsertionAUC()  # 20 steps each, softmax, zero baseline
     road_morf = ROAD(order="morf")  # shares 0.1 ... 0.9, noise 0.01 seeded: repeatable

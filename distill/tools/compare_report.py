@@ -2,7 +2,9 @@
 single seed's value alone, since no spread was measured), the bar plot, ``results.json``, and the wandb run that holds them.
 
 Each row is one trained student: ``method``, ``seed``, ``selected_on`` and the metrics named in
-:data:`COLUMNS` (fractions; NaN where a column does not apply).
+:data:`COLUMNS` (fractions; NaN where a column does not apply). A student whose loss became
+NaN/inf has a row with ``diverged`` (the error) and no metrics: its table cell counts it and
+leaves it out of the mean.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ LABELS = {
     "kd_gradcam_pp": "CE + KD + Grad-CAM++ maps",
 }
 COLUMNS = [
-    ("test_acc", "test top-1 %", 100),
+    ("test_acc", "test top-1 % (selected)", 100),
+    ("test_acc_last", "test top-1 % (last epoch)", 100),
     ("val_agreement", "agreement %", 100),
     ("val_map_similarity", "map similarity", 1),
     ("average_drop", "avg drop % (lower better)", 1),
@@ -54,7 +57,8 @@ COLUMNS = [
 PROTOCOL_NOTE = (
     "Top-1 and the faithfulness columns are measured once on the test split, with the "
     "checkpoint named in 'selected on' (holdout: best validation accuracy on the holdout of "
-    "the training split; last: the final epoch, nothing selected). Agreement and map "
+    "the training split; last: the final epoch, nothing selected); top-1 is also given for "
+    "the last epoch's weights, selected by nothing. Agreement and map "
     "similarity are the last validation's. Mean ± sample std over seeds; a cell of one seed "
     "shows its value alone (no spread was measured)."
 )
@@ -97,8 +101,12 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:
         mine = [row for row in rows if row["method"] == method]
-        selected = ", ".join(sorted({str(row.get("selected_on", "?")) for row in mine}))
-        cells = [LABELS.get(method, method), str(len(mine)), selected]
+        diverged = sum("diverged" in row for row in mine)
+        selected = ", ".join(
+            sorted({str(row["selected_on"]) for row in mine if "selected_on" in row}) or ["-"]
+        )
+        seeds = f"{len(mine)} ({diverged} diverged)" if diverged else str(len(mine))
+        cells = [LABELS.get(method, method), seeds, selected]
         for key, _, scale in COLUMNS:
             cells.append(_cell([row.get(key, float("nan")) * scale for row in mine]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -110,8 +118,11 @@ def plot(rows: list[dict[str, Any]], path: Path, key: str = "test_acc") -> None:
     the seeds as dots."""
     from PIL import Image, ImageDraw
 
-    methods = list(dict.fromkeys(row["method"] for row in rows))
-    values = {m: [100 * row[key] for row in rows if row["method"] == m] for m in methods}
+    finite = [row for row in rows if not math.isnan(row.get(key, float("nan")))]
+    if not finite:
+        return  # every student diverged: nothing to draw
+    methods = list(dict.fromkeys(row["method"] for row in finite))
+    values = {m: [100 * row[key] for row in finite if row["method"] == m] for m in methods}
     low = min(min(v) for v in values.values())
     high = max(max(v) for v in values.values())
     low, high = max(0.0, low - 0.15 * (high - low + 1)), min(100.0, high + 0.15 * (high - low + 1))
@@ -159,7 +170,7 @@ def log_to_wandb(
         return
     import wandb
 
-    columns = ["method", "seed", "selected_on", *(key for key, _, _ in COLUMNS)]
+    columns = ["method", "seed", "selected_on", *(key for key, _, _ in COLUMNS), "diverged"]
     data = [[_finite_or_none(row.get(column)) for column in columns] for row in rows]
     run = wandb.init(
         project=base.logging.project,
@@ -171,8 +182,12 @@ def log_to_wandb(
         mode=mode,
         settings=wandb_settings(mode),
     )
-    plot_image = wandb.Image(str(out / "results.png"), caption="test top-1 % per method")
-    run.log({"results": wandb.Table(columns=columns, data=data), "top1_plot": plot_image})
+    logged: dict[str, Any] = {"results": wandb.Table(columns=columns, data=data)}
+    if (out / "results.png").is_file():
+        logged["top1_plot"] = wandb.Image(
+            str(out / "results.png"), caption="test top-1 % per method"
+        )
+    run.log(logged)
     run.finish()
     if mode == "offline":
         runs = f"{out}/wandb/offline-run-* {out}/runs/*/*/wandb/offline-run-*"

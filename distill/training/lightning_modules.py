@@ -94,6 +94,9 @@ class _ClassificationModule(L.LightningModule):
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
+        # "test": the checkpoint the protocol selects; "test_last": the last epoch's weights,
+        # tested beside it so that a table can report both.
+        self.test_prefix = "test"
 
     def trainable(self) -> nn.Module:
         raise NotImplementedError
@@ -197,8 +200,9 @@ class _ClassificationModule(L.LightningModule):
         _, logits = self.model_step(images, labels, "test")
         self.test_acc(logits, labels)
         self.test_acc5(logits, labels)
-        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
-        self.log("test/acc5", self.test_acc5, on_step=False, on_epoch=True)
+        prefix = self.test_prefix
+        self.log(f"{prefix}/acc", self.test_acc, on_step=False, on_epoch=True)
+        self.log(f"{prefix}/acc5", self.test_acc5, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = SimpleNamespace(**self.hparams.optim)

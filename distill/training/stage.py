@@ -179,6 +179,16 @@ def fit_and_test(
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         last_val = _val_metrics(trainer)  # read before test() replaces the callback metrics
         selected = _selected_checkpoint(trainer, holdout)
+        last = _last_checkpoint(trainer)
+        tested_last = None
+        if selected != last:  # the last epoch too, selected by nothing (reported beside it)
+            module.test_prefix = "test_last"
+            try:
+                tested_last = trainer.test(
+                    module, datamodule=dm, ckpt_path=str(last), verbose=False, weights_only=True
+                )[0]
+            finally:
+                module.test_prefix = "test"
         tested = trainer.test(
             module, datamodule=dm, ckpt_path=str(selected), verbose=False, weights_only=True
         )
@@ -189,6 +199,7 @@ def fit_and_test(
     metrics |= {
         "test_acc": tested[0]["test/acc"],
         "test_acc5": tested[0]["test/acc5"],
+        "test_acc_last": tested_last["test_last/acc"] if tested_last else tested[0]["test/acc"],
         "selected_on": "holdout" if holdout else "last",
         "val_split": "holdout" if holdout else "test",
         "checkpoint": str(selected),
@@ -198,10 +209,14 @@ def fit_and_test(
     return trainer, metrics
 
 
+def _last_checkpoint(trainer: L.Trainer) -> Path:
+    (last,) = (cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
+    return last.path
+
+
 def _selected_checkpoint(trainer: L.Trainer, holdout: bool) -> Path:
     """The checkpoint the stage reports: ``best.ckpt`` (holdout) or ``last.ckpt``."""
-    (last,) = (cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
-    chosen = str(last.path)
+    chosen = str(_last_checkpoint(trainer))
     if holdout:
         (best,) = (cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
         chosen = best.best_model_path
