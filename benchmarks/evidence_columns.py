@@ -8,8 +8,12 @@ Grad-CAM++. Nothing here selects anything: the test split is only measured.
 Writes ``OUT/results.json`` (its own command and code commit, and every row of the comparisons'
 ``results.json`` with the new columns and the command and commit that trained that student) and ``OUT/results.md`` (mean ± sample std per method).
 
+Map similarity is measured on ``--images N`` test images evenly spaced over the split (default
+all; the teacher's maps cost a teacher pass per student and method); top-1 at the last epoch on
+the whole split (read from the row where ``compare.py`` measured it, else measured here).
+
 Usage:
-    python benchmarks/evidence_columns.py DIR [DIR ...] --out OUT [--title TEXT]
+    python benchmarks/evidence_columns.py DIR [DIR ...] --out OUT [--title TEXT] [--images N]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from omegaconf import OmegaConf
 from distill import ExplanationDistiller
 from distill.data import datamodule_from_config
 from distill.metrics import MapAgreement
+from distill.tools.compare_methods import METHODS
 from distill.tools.compare_report import LABELS
 from distill.training.checkpoints import load_model
 
@@ -79,21 +84,27 @@ def map_similarity(
     return float(metric.compute())
 
 
-def evaluate(run: Path, teachers: dict[str, torch.nn.Module], data: dict) -> dict[str, float]:
+def evaluate(
+    run: Path,
+    teachers: dict[str, torch.nn.Module],
+    data: dict,
+    row: dict[str, Any],
+    count: int | None = None,
+) -> dict[str, float]:
     cfg = OmegaConf.load(run / "config.yaml")
     summary = json.loads((run / "summary.json").read_text())["student"]
     key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)
     if key not in data:
         dm = datamodule_from_config(OmegaConf.to_container(cfg.data), seed=cfg.seed)
         dm.setup("test")
-        data[key] = dm.fixed_batch(10**9, "test")  # the whole test split
-    images, labels = data[key]
+        whole = dm.fixed_batch(10**9, "test")  # the whole test split
+        data[key] = (whole, dm.fixed_batch(count, "test") if count else whole)
+    (all_images, all_labels), (images, labels) = data[key]
     path = summary["teacher_checkpoint"]
     if path not in teachers:
         teachers[path] = load_model(path, stage="teacher").eval()
     teacher = teachers[path]
     selected = load_model(summary["checkpoint"]).eval()
-    last = load_model(run / "student" / "last.ckpt").eval()
     target = cfg.loss.map_target
     own = map_similarity(teacher, selected, images, labels, cfg.loss.map_method, target)
     gradcam_pp = map_similarity(teacher, selected, images, labels, "gradcam_pp", target)
@@ -101,7 +112,10 @@ def evaluate(run: Path, teachers: dict[str, torch.nn.Module], data: dict) -> dic
     return {
         "command": "python " + " ".join(shlex.quote(a) for a in meta["command"]),
         "commit": meta["git_commit"],
-        "test_acc_last": accuracy(last, images, labels),
+        "test_acc_last": row["test_acc_last"]
+        if "test_acc_last" in row
+        else accuracy(load_model(run / "student" / "last.ckpt").eval(), all_images, all_labels),
+        "map_similarity_images": len(images),
         "test_map_similarity": own,
         "test_map_similarity_gradcam_pp": gradcam_pp,
         "map_method": cfg.loss.map_method,
@@ -119,14 +133,21 @@ def cell(values: list[float], scale: float) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    order = list(METHODS)
     by_method: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
+    for row in sorted(
+        rows,
+        key=lambda r: (
+            order.index(r["method"].split()[0]) if r["method"].split()[0] in order else 99,
+            r["seed"],
+        ),
+    ):
         by_method[row["method"]].append(row)
     header = ["method", "seeds", *(label for _, label, _ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, group in by_method.items():
         cells = [cell([float(r.get(k, "nan")) for r in group], s) for k, _, s in COLUMNS]
-        seeds = ",".join(str(r["seed"]) for r in group)
+        seeds = ",".join(f"{r['seed']}" + (" (diverged)" if "diverged" in r else "") for r in group)
         lines.append("| " + " | ".join([LABELS.get(method, method), seeds, *cells]) + " |")
     return "\n".join(lines)
 
@@ -136,23 +157,42 @@ def main() -> None:
     parser.add_argument("comparisons", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="")
+    parser.add_argument("--images", type=int, help="map similarity on N evenly spaced test images")
     args = parser.parse_args()
     teachers: dict[str, torch.nn.Module] = {}
     data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, int], str] = {}
+    skipped: list[dict[str, Any]] = []
     for comparison in args.comparisons:
         for row in json.loads((comparison / "results.json").read_text()):
+            pair = (row["method"], row["seed"])
+            if pair in seen:  # one seed counted once: the first folder given keeps it
+                skipped.append(
+                    {**row, "skipped": f"also in {seen[pair]}", "folder": str(comparison)}
+                )
+                print(f"{pair} is also in {seen[pair]}: the row of {comparison} is left out")
+                continue
+            seen[pair] = str(comparison)
+            if "diverged" in row:  # no student to measure: kept as compare recorded it
+                rows.append(dict(row))
+                continue
             run = run_folder(comparison, row)
-            rows.append({**row, **evaluate(run, teachers, data), "run": str(run)})
-            print(
-                f"{row['method']} seed {row['seed']}: {rows[-1]['test_acc_last']:.4f}", flush=True
-            )
+            measured = evaluate(run, teachers, data, row, args.images)
+            rows.append({**row, **measured, "run": str(run)})
+            print(f"{row['method']} seed {row['seed']}: {measured}", flush=True)
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    record = {"title": args.title, "command": command, "commit": commit, "rows": rows}
+    record = {
+        "title": args.title,
+        "command": command,
+        "commit": commit,
+        "rows": rows,
+        "left_out": skipped,  # (method, seed) pairs found in an earlier folder too
+    }
     (args.out / "results.json").write_text(json.dumps(record, indent=2, default=str))
     text = f"{args.title}\n\n{table(rows)}\n" if args.title else f"{table(rows)}\n"
     (args.out / "results.md").write_text(text)
