@@ -107,7 +107,11 @@ def evaluate(
     selected = load_model(summary["checkpoint"]).eval()
     target = cfg.loss.map_target
     own = map_similarity(teacher, selected, images, labels, cfg.loss.map_method, target)
-    gradcam_pp = map_similarity(teacher, selected, images, labels, "gradcam_pp", target)
+    gradcam_pp = (
+        own
+        if cfg.loss.map_method == "gradcam_pp"
+        else map_similarity(teacher, selected, images, labels, "gradcam_pp", target)
+    )
     meta = json.loads((run / "meta.json").read_text())
     return {
         "command": "python " + " ".join(shlex.quote(a) for a in meta["command"]),
