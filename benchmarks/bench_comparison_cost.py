@@ -122,7 +122,7 @@ def main() -> None:
         alone = ce_alone(args.config, overrides, out)
     cache = sum(parts["cache"])
     faithfulness = sum(parts["faithfulness"])
-    students = [s for s in parts["student"]]
+    students = parts["student"]
     print(f"# Whole comparison against CE alone\n\n{machine()}\n")
     print(
         f"config `{args.config}`, overrides `{' '.join(args.overrides)}`, one seed, "

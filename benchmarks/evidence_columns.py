@@ -84,6 +84,13 @@ def map_similarity(
     return float(metric.compute())
 
 
+def whole_split(entry: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole test split, loaded only for rows that lack compare's last-epoch top-1."""
+    if "whole" not in entry:
+        entry["whole"] = entry["dm"].fixed_batch(10**9, "test")
+    return entry["whole"]
+
+
 def evaluate(
     run: Path,
     teachers: dict[str, torch.nn.Module],
@@ -97,9 +104,8 @@ def evaluate(
     if key not in data:
         dm = datamodule_from_config(OmegaConf.to_container(cfg.data), seed=cfg.seed)
         dm.setup("test")
-        whole = dm.fixed_batch(10**9, "test")  # the whole test split
-        data[key] = (whole, dm.fixed_batch(count, "test") if count else whole)
-    (all_images, all_labels), (images, labels) = data[key]
+        data[key] = {"dm": dm, "measured": dm.fixed_batch(count or 10**9, "test")}
+    images, labels = data[key]["measured"]
     path = summary["teacher_checkpoint"]
     if path not in teachers:
         teachers[path] = load_model(path, stage="teacher").eval()
@@ -118,7 +124,7 @@ def evaluate(
         "commit": meta["git_commit"],
         "test_acc_last": row["test_acc_last"]
         if "test_acc_last" in row
-        else accuracy(load_model(run / "student" / "last.ckpt").eval(), all_images, all_labels),
+        else accuracy(load_model(run / "student" / "last.ckpt").eval(), *whole_split(data[key])),
         "map_similarity_images": len(images),
         "test_map_similarity": own,
         "test_map_similarity_gradcam_pp": gradcam_pp,
@@ -164,7 +170,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="map similarity on N evenly spaced test images")
     args = parser.parse_args()
     teachers: dict[str, torch.nn.Module] = {}
-    data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    data: dict[str, dict[str, Any]] = {}  # per data config: its datamodule and test images
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[str, int], str] = {}
     skipped: list[dict[str, Any]] = []

@@ -44,7 +44,6 @@ __all__ = ["ROAD", "noisy_linear_imputation", "road", "road_scores"]
 
 _ORDERS = ("morf", "lerf")
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-_STENCIL = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 
 
 def noisy_linear_imputation(
@@ -71,7 +70,7 @@ def noisy_linear_imputation(
     Returns:
         ``[B, C, H, W]``: the kept pixels as they were, the removed ones imputed.
     """
-    batch, channels, height, width = images.shape
+    batch, _, height, width = images.shape
     if removed.shape != (batch, height, width):
         raise ValueError(
             f"removed must be [B, H, W] = {(batch, height, width)}, got {tuple(removed.shape)}"
@@ -80,12 +79,11 @@ def noisy_linear_imputation(
     x = images.to(work)
     hole = removed[:, None].to(work)  # [B, 1, H, W]
     degree = _neighbours(torch.ones_like(x[:1, :1]))  # in-image neighbour weight of each pixel
-    neighbours = _neighbours
 
     def apply(u: Tensor) -> Tensor:  # the system: degree * u - (neighbours inside the hole)
-        return hole * (degree * u - neighbours(u))
+        return hole * (degree * u - _neighbours(u))
 
-    rhs = hole * neighbours(x * (1 - hole))
+    rhs = hole * _neighbours(x * (1 - hole))
     u = torch.zeros_like(x)
     r = rhs.clone()
     precondition = hole / degree  # Jacobi, zero outside the hole

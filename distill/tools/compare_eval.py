@@ -42,9 +42,7 @@ def evaluate_student(
     """
     student = student.eval()
     device = next(student.parameters()).device
-    count = (
-        num_images if num_images is not None else 10**9
-    )  # None: the whole split, in loader order
+    count = 10**9 if num_images is None else num_images  # None: the whole split, in loader order
     images, labels = dm.fixed_batch(count, split)
     extras = getattr(dm, "split_extras", None)
     boxes = extras(split)[0][dm.fixed_indices(count, split)] if extras is not None else None

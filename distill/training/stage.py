@@ -149,10 +149,10 @@ def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if metrics:
         return metrics
-    (last,) = (cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
-    if not last.path.is_file():
+    last = _last_checkpoint(trainer)
+    if not last.is_file():
         return {}
-    return torch.load(last.path, map_location="cpu", weights_only=True).get("val_metrics", {})
+    return torch.load(last, map_location="cpu", weights_only=True).get("val_metrics", {})
 
 
 def fit_and_test(
