@@ -194,3 +194,25 @@ def test_half_storage_is_its_own_cache_and_another_stream_is_another_cache(
     # every (epoch, sample) of the stream was written: 2 full batches of 64 of the 174 training
     # images per epoch (the last incomplete batch is dropped, data.drop_last)
     assert cache.written.sum(1).tolist() == [128, 128]
+
+
+def test_students_of_other_architectures_read_the_same_cache(
+    shapes_teacher, tiny_overrides_for, monkeypatch
+):
+    """The key holds what the teacher sees and returns, not the student: a student with other
+    layer names (a ResNet instead of a WRN) finds the WRN student's cache and never runs the
+    teacher in training or validation."""
+    monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
+    cache = ["teacher_cache.enabled=true", "data.augment_seed=11", "logging.map_every_n_epochs=0"]
+    built = _student(shapes_teacher, tiny_overrides_for, *cache)
+    calls = []
+    original = ExplanationDistiller._run_teacher
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExplanationDistiller, "_run_teacher", counted)
+    other = _student(shapes_teacher, tiny_overrides_for, *cache, "student.name=resnet20")
+    assert calls == []
+    assert other["student"]["teacher_cache"] == built["student"]["teacher_cache"]

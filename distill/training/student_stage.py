@@ -50,7 +50,8 @@ def _teacher_cache(
     """The run's teacher cache of ``split`` (the training stream, or the validation split),
     built on first use. Its key is everything that changes what the teacher sees or returns:
     its weights, the data and its stream, the map settings, the precision, the memory format
-    and the process layout."""
+    and the process layout. The student is not in it: its layers only say where the teacher's
+    maps are matched, so every student of one teacher (a CNN, a ViT) reads one cache."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     own = data.get(SECTIONS[cfg.data.name])  # the other datasets' sections are not read
     for unused in ("num_workers", "augment_seed", *SECTIONS.values()):
@@ -65,7 +66,7 @@ def _teacher_cache(
         "map": {
             "method": cfg.loss.map_method,
             "target": cfg.loss.map_target,
-            "layers": [[p.student, p.teacher] for p in distiller.map_layers],
+            "teacher_layers": [p.teacher for p in distiller.map_layers],
         },
         "trainer": {k: trainer[k] for k in (*layout, "limit_train_batches", "channels_last")},
     }
