@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from distill.cam import CAM_METHODS
 from distill.tools.compare import METHODS, compare, main
 from distill.tools.compare_eval import win_vs
-from distill.tools.compare_report import summarize
+from distill.tools.compare_report import CAM_NAMES, LABELS, summarize
 
 
 def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_overrides):
@@ -245,3 +246,12 @@ def test_faithfulness_on_a_subset_uses_the_evenly_spaced_images(tiny_overrides):
     some, drops = evaluate_student(student, dm, num_images=6)
     assert every == all_by_count
     assert drops.shape == (6,) and all(math.isfinite(v) for v in some.values())
+
+
+def test_every_method_has_a_table_label_and_every_map_method_a_name():
+    """Tables and plots name methods as the field does ("CE + DKD"), not by their keys."""
+    assert set(CAM_NAMES) == set(CAM_METHODS)
+    assert set(METHODS) <= set(LABELS)
+    assert LABELS["dkd_ls"] == "CE + DKD, logit standardisation"
+    assert LABELS["kd_eigencam"] == "CE + KD + Eigen-CAM maps"
+    assert len(set(LABELS.values())) == len(LABELS)

@@ -22,6 +22,7 @@ from distill.training.loggers import wandb_mode, wandb_settings
 
 __all__ = [
     "COLUMNS",
+    "CAM_NAMES",
     "LABELS",
     "PROTOCOL_NOTE",
     "log_to_wandb",
@@ -31,14 +32,31 @@ __all__ = [
     "write_results",
 ]
 
+CAM_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcam_pp": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "gradcam_elementwise": "element-wise Grad-CAM",
+    "cam": "CAM",
+    "eigencam": "Eigen-CAM",
+}
+"""How tables name each map method (the papers' spelling)."""
+
 LABELS = {
     "ce": "CE",
     "kd": "CE + KD",
     "at": "CE + AT",
-    "gradcam": "CE + Grad-CAM maps",
-    "gradcam_pp": "CE + Grad-CAM++ maps",
-    "kd_gradcam_pp": "CE + KD + Grad-CAM++ maps",
+    "dkd": "CE + DKD",
+    "kd_ls": "CE + KD, logit standardisation",
+    "dkd_ls": "CE + DKD, logit standardisation",
+    "cat_kd": "CE + CAT-KD",
+    "e2kd": "CE + KD + e2KD (Grad-CAM, cosine)",
+    **{name: f"CE + {label} maps" for name, label in CAM_NAMES.items()},
+    **{f"kd_{name}": f"CE + KD + {label} maps" for name, label in CAM_NAMES.items()},
 }
+"""How tables and plots name each ``compare.py`` method (other names are printed as given)."""
 COLUMNS = [
     ("test_acc", "test top-1 % (selected)", 100),
     ("test_acc_last", "test top-1 % (last epoch)", 100),
