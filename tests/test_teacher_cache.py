@@ -128,6 +128,19 @@ def _student(teacher, tiny_overrides_for, *extra):
     return train(load_config("quickstart", overrides))[0]
 
 
+def _count_teacher_runs(monkeypatch) -> list[int]:
+    """A list that gains an item each time any distiller runs its teacher from now on."""
+    calls: list[int] = []
+    original = ExplanationDistiller._run_teacher
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExplanationDistiller, "_run_teacher", counted)
+    return calls
+
+
 def test_a_float32_cached_run_trains_the_same_student_as_a_live_run(
     shapes_teacher, tiny_overrides_for, monkeypatch
 ):
@@ -156,14 +169,7 @@ def test_a_run_that_finds_its_caches_never_runs_the_teacher(
     monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
     cache = ["teacher_cache.enabled=true", "data.augment_seed=9", "logging.map_every_n_epochs=0"]
     built = _student(shapes_teacher, tiny_overrides_for, *cache)
-    calls = []
-    original = ExplanationDistiller._run_teacher
-
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ExplanationDistiller, "_run_teacher", counted)
+    calls = _count_teacher_runs(monkeypatch)
     read = _student(shapes_teacher, tiny_overrides_for, *cache)
     assert calls == []
     assert read["student"]["val_agreement"] == built["student"]["val_agreement"]
@@ -205,14 +211,7 @@ def test_students_of_other_architectures_read_the_same_cache(
     monkeypatch.delenv("DISTILL_RUN_DIR", raising=False)
     cache = ["teacher_cache.enabled=true", "data.augment_seed=11", "logging.map_every_n_epochs=0"]
     built = _student(shapes_teacher, tiny_overrides_for, *cache)
-    calls = []
-    original = ExplanationDistiller._run_teacher
-
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ExplanationDistiller, "_run_teacher", counted)
+    calls = _count_teacher_runs(monkeypatch)
     other = _student(shapes_teacher, tiny_overrides_for, *cache, "student.name=resnet20")
     assert calls == []
     assert other["student"]["teacher_cache"] == built["student"]["teacher_cache"]
