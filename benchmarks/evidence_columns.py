@@ -143,15 +143,13 @@ def cell(values: list[float], scale: float) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    order = list(METHODS)
+    order = {name: index for index, name in enumerate(METHODS)}
+
+    def place(row: dict[str, Any]) -> tuple[int, int]:  # compare's order; a sweep's "m k=v" as m
+        return order.get(row["method"].split()[0], len(order)), row["seed"]
+
     by_method: dict[str, list[dict]] = defaultdict(list)
-    for row in sorted(
-        rows,
-        key=lambda r: (
-            order.index(r["method"].split()[0]) if r["method"].split()[0] in order else 99,
-            r["seed"],
-        ),
-    ):
+    for row in sorted(rows, key=place):
         by_method[row["method"]].append(row)
     header = ["method", "seeds", *(label for _, label, _ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
