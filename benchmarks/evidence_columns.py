@@ -12,8 +12,14 @@ Map similarity is measured on ``--images N`` test images evenly spaced over the 
 all; the teacher's maps cost a teacher pass per student and method); top-1 at the last epoch on
 the whole split (read from the row where ``compare.py`` measured it, else measured here).
 
+With ``--reuse``, a student already measured in ``OUT/results.json`` (same run folder, same
+number of images) keeps the columns measured there, with that record's commit as
+``measured_at``: adding a seed to a table measures the new students only. Without it every
+student is measured again.
+
 Usage:
     python benchmarks/evidence_columns.py DIR [DIR ...] --out OUT [--title TEXT] [--images N]
+        [--reuse]
 """
 
 from __future__ import annotations
@@ -133,6 +139,28 @@ def evaluate(
     }
 
 
+def measured_before(out: Path, images: int | None) -> dict[str, dict[str, Any]]:
+    """The measured columns of every student in ``out/results.json`` by run folder, when they
+    were measured on the same number of images (nothing when there is no such file)."""
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    keys = ["command", "commit", "test_acc_last", "map_similarity_images", "test_map_similarity"]
+    keys += ["test_map_similarity_gradcam_pp", "map_method", "last_epoch_is_selected"]
+    if images is None and "--images" in record["command"]:
+        return {}  # measured on a subset then, on the whole split now
+    found = {}
+    for row in record["rows"]:
+        if "run" not in row or (images and row["map_similarity_images"] != images):
+            continue
+        found[row["run"]] = {
+            **{k: row[k] for k in keys},
+            "measured_at": row.get("measured_at", record["commit"]),
+        }
+    return found
+
+
 def cell(values: list[float], scale: float) -> str:
     values = [v * scale for v in values if v == v]  # NaN: the column does not apply
     if not values:
@@ -166,7 +194,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="")
     parser.add_argument("--images", type=int, help="map similarity on N evenly spaced test images")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the columns of students OUT already measured"
+    )
     args = parser.parse_args()
+    earlier = measured_before(args.out, args.images) if args.reuse else {}
     teachers: dict[str, torch.nn.Module] = {}
     data: dict[str, dict[str, Any]] = {}  # per data config: its datamodule and test images
     rows: list[dict[str, Any]] = []
@@ -186,7 +218,7 @@ def main() -> None:
                 rows.append(dict(row))
                 continue
             run = run_folder(comparison, row)
-            measured = evaluate(run, teachers, data, row, args.images)
+            measured = earlier.get(str(run)) or evaluate(run, teachers, data, row, args.images)
             rows.append({**row, **measured, "run": str(run)})
             print(f"{row['method']} seed {row['seed']}: {measured}", flush=True)
     commit = subprocess.run(
