@@ -198,6 +198,9 @@ def main() -> None:
         "--reuse", action="store_true", help="keep the columns of students OUT already measured"
     )
     args = parser.parse_args()
+    for comparison in args.comparisons:  # refused before any student is measured
+        if not (comparison / "results.json").is_file():
+            parser.error(f"{comparison} has no results.json (no student of it has finished)")
     earlier = measured_before(args.out, args.images) if args.reuse else {}
     teachers: dict[str, torch.nn.Module] = {}
     data: dict[str, dict[str, Any]] = {}  # per data config: its datamodule and test images

@@ -64,3 +64,23 @@ def test_table_gives_mean_and_sample_std_per_method_in_compare_order():
     lines = columns.table(rows).splitlines()
     assert lines[2].startswith("| CE | 0 | 30.00 | 30.00 | n/a")
     assert lines[3].startswith("| CE + KD | 0,1 | 50.00 ± 14.14 | 50.00 ± 14.14 | n/a")
+
+
+def test_a_comparison_without_results_is_refused_before_anything_is_measured(
+    tmp_path, monkeypatch, capsys
+):
+    import pytest
+
+    columns = _module()
+    done, running = tmp_path / "done", tmp_path / "running"
+    done.mkdir()
+    running.mkdir()
+    (done / "results.json").write_text(json.dumps([{"method": "ce", "seed": 0}]))
+    monkeypatch.setattr(columns, "evaluate", lambda *a, **k: pytest.fail("measured"))
+    argv = ["evidence_columns.py", str(done), str(running), "--out", str(tmp_path / "out")]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as error:
+        columns.main()
+    assert error.value.code == 2
+    assert f"{running} has no results.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
