@@ -55,6 +55,17 @@ COLUMNS = [  # key, header, scale
     ("average_drop", "avg drop %", 1),
 ]
 
+MEASURED = (  # what evaluate() adds to a row: the columns --reuse keeps
+    "command",
+    "commit",
+    "test_acc_last",
+    "map_similarity_images",
+    "test_map_similarity",
+    "test_map_similarity_gradcam_pp",
+    "map_method",
+    "last_epoch_is_selected",
+)
+
 
 def run_folder(comparison: Path, row: dict[str, Any]) -> Path:
     """The run folder of one row (compare names it ``<label>-seed<seed>``)."""
@@ -146,8 +157,6 @@ def measured_before(out: Path, images: int | None) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     record = json.loads(path.read_text())
-    keys = ["command", "commit", "test_acc_last", "map_similarity_images", "test_map_similarity"]
-    keys += ["test_map_similarity_gradcam_pp", "map_method", "last_epoch_is_selected"]
     if images is None and "--images" in record["command"]:
         return {}  # measured on a subset then, on the whole split now
     found = {}
@@ -155,7 +164,7 @@ def measured_before(out: Path, images: int | None) -> dict[str, dict[str, Any]]:
         if "run" not in row or (images and row["map_similarity_images"] != images):
             continue
         found[row["run"]] = {
-            **{k: row[k] for k in keys},
+            **{k: row[k] for k in MEASURED},
             "measured_at": row.get("measured_at", record["commit"]),
         }
     return found
