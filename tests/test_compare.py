@@ -12,6 +12,7 @@ from distill.cam import CAM_METHODS
 from distill.tools.compare import METHODS, compare, main
 from distill.tools.compare_eval import win_vs
 from distill.tools.compare_report import CAM_NAMES, LABELS, summarize
+from tests.scripts import load_script
 
 
 def test_compare_runs_methods_over_seeds_and_writes_table_and_plot(tiny_overrides):
@@ -130,15 +131,11 @@ def test_cli_rejects_bad_seeds_and_methods(capsys):
 
 
 def test_convergence_table_and_plot_from_results(tmp_path):
-    import importlib.util
-
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location(
-        "convergence", Path(__file__).resolve().parent.parent / "benchmarks" / "convergence.py"
+    convergence = load_script(
+        Path(__file__).resolve().parent.parent / "benchmarks" / "convergence.py"
     )
-    convergence = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convergence)
     folders = []
     for epochs, accs in ((40, (0.5, 0.6)), (160, (0.8, 0.9))):
         folder = tmp_path / f"e{epochs}"

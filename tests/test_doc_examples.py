@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import glob
 import importlib
-import importlib.util
 import io
 import os
 import re
@@ -48,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -103,15 +104,6 @@ def _slow(lang: str) -> list:
     return [
         pytest.param(block, id=block.id) for block in BLOCKS if block.lang == lang and block.slow
     ]
-
-
-def _load_script(path: Path):
-    name = f"_doc_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _extras() -> set[str]:
@@ -205,8 +197,8 @@ class Commands:
 
     def __init__(self, check_only: bool = False) -> None:
         self.check_only = check_only
-        self.train_cli = _load_script(ROOT / "train.py")
-        self.compare_cli = _load_script(ROOT / "compare.py")
+        self.train_cli = load_script(ROOT / "train.py")
+        self.compare_cli = load_script(ROOT / "compare.py")
         self.done: list[str] = []  # what happened to each command, for failure messages
 
     def run(self, argv: list[str]) -> None:
@@ -377,7 +369,7 @@ class Commands:
         assert script.is_file(), f"{script} does not exist"
         with pytest.MonkeyPatch.context() as patch, _stop_after_parsing():
             patch.syspath_prepend(str(script.parent))  # as python runs a script: its helpers
-            module = _load_script(script)
+            module = load_script(script)
             patch.setattr(sys, "argv", [str(script), *args])
             with pytest.raises(_Parsed):
                 module.main()
@@ -453,7 +445,7 @@ def finished_run(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        train_cli = _load_script(ROOT / "train.py")
+        train_cli = load_script(ROOT / "train.py")
         cfg = train_cli.load_config("quickstart")
         assert train_cli.main(["--config", "quickstart", *tiny(cfg)]) == 0
         Commands.ran.add(("quickstart",))

@@ -4,24 +4,18 @@ and a strict build of the whole site."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _reference():
-    spec = importlib.util.spec_from_file_location(
-        "_config_reference", ROOT / "docs" / "hooks" / "config_reference.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "docs" / "hooks" / "config_reference.py")
 
 
 def _schema_keys(node, prefix: str = "") -> list[str]:

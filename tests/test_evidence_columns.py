@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+import pytest
+
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "evidence_columns.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("evidence_columns", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _row(run: str, images: int, **extra) -> dict:
@@ -69,8 +69,6 @@ def test_table_gives_mean_and_sample_std_per_method_in_compare_order():
 def test_a_comparison_without_results_is_refused_before_anything_is_measured(
     tmp_path, monkeypatch, capsys
 ):
-    import pytest
-
     columns = _module()
     done, running = tmp_path / "done", tmp_path / "running"
     done.mkdir()
