@@ -25,7 +25,7 @@ from _common import machine, table  # benchmarks/ is on sys.path
 
 from distill import build_model
 from distill.config import load_config
-from distill.tools.compare import METHODS
+from distill.tools.compare_methods import method_overrides
 from distill.training.student_stage import build_distiller
 
 TRAIN_IMAGES = 50_000
@@ -98,7 +98,8 @@ def time_pair(recipe: str, methods: list[str], args: argparse.Namespace) -> dict
 
     timings["teacher (CE)"] = seconds_per_step(teacher_step, args.steps, device)
     for method in methods:
-        distiller = build_distiller(load_config(recipe, METHODS[method]), teacher, student).train()
+        cfg = load_config(recipe, method_overrides(method, load_config(recipe)))
+        distiller = build_distiller(cfg, teacher, student).train()
         optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
 
         def step(d=distiller, opt=optimizer) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from distill.cam import CAM_METHODS
@@ -82,6 +83,44 @@ def test_attention_transfer_runs_the_teacher_live_in_a_cached_comparison():
         "teacher_cache.dir=/x/teacher_cache",
         "data.augment_seed=0",
     ]
+
+
+def test_attention_transfer_keeps_the_users_layer_pairs_and_defaults_to_the_wrn_groups():
+    from distill.config import load_config
+    from distill.tools.compare_methods import WRN_GROUPS, method_overrides
+
+    def pairs(config, overrides):
+        base = load_config(config, overrides)
+        layers = load_config(config, [*overrides, *method_overrides("at", base)]).loss.at_layers
+        return [(p.student, p.teacher) for p in layers]
+
+    wrn = [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]
+    assert pairs("cifar_wrn_cpu", []) == wrn
+    assert (
+        method_overrides("at", load_config("cifar_wrn_cpu"))[-1] == f"loss.at_layers={WRN_GROUPS}"
+    )
+    resnet = (
+        "loss.at_layers=[{student: block1, teacher: layer1}, {student: block3, teacher: layer3}]"
+    )
+    assert pairs("cifar_wrn_cpu", ["teacher.name=resnet56", resnet]) == [
+        ("block1", "layer1"),
+        ("block3", "layer3"),
+    ]
+    assert method_overrides("kd", load_config("cifar_wrn_cpu")) == METHODS["kd"]
+
+
+def test_attention_transfer_on_a_resnet_teacher_without_pairs_is_refused_with_the_fix():
+    from distill.errors import ConfigError
+    from distill.tools.compare_methods import check_method_configs
+
+    with pytest.raises(ConfigError) as error:
+        check_method_configs("cifar_wrn_cpu", ["teacher.name=resnet56"], ["ce", "at"])
+    message = str(error.value)
+    assert message.startswith("--methods at: loss.at_layers[0].teacher: CifarResNet has no layer")
+    assert message.endswith(
+        "(name the models' stages: loss.at_layers=[{student: ..., teacher: ...}, ...])"
+    )
+    assert "\n" not in message
 
 
 def test_win_percentage_from_drops_and_summary_format():

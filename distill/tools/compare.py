@@ -36,6 +36,7 @@ from distill.tools.compare_methods import (
     METHODS,
     check_choices,
     check_method_configs,
+    method_overrides,
     parse_sweep,
 )
 from distill.tools.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
@@ -54,14 +55,14 @@ __all__ = [
 
 
 def _variants(
-    methods: Sequence[str], sweep: tuple[str, list[str]] | None
+    methods: Sequence[str], sweep: tuple[str, list[str]] | None, base: DictConfig
 ) -> list[tuple[str, str, list[str]]]:
     """``(row label, method, overrides)`` of every student trained per seed."""
     if sweep is None:
-        return [(method, method, list(METHODS[method])) for method in methods]
+        return [(method, method, method_overrides(method, base)) for method in methods]
     key, values = sweep
     return [
-        (f"{method} {key}={value}", method, [*METHODS[method], f"{key}={value}"])
+        (f"{method} {key}={value}", method, [*method_overrides(method, base), f"{key}={value}"])
         for method in methods
         for value in values
     ]
@@ -151,16 +152,16 @@ def compare(
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     rows: list[dict[str, Any]] = []
     drops: dict[tuple[str, int], torch.Tensor] = {}
-    variants = _variants(methods, sweep)
+    variants = _variants(methods, sweep, base)
     for seed in seeds:
-        for label, _method, method_overrides in variants:
+        for label, _method, variant_overrides in variants:
             run_name = label.replace(" ", "-").replace("=", "")
             cfg: DictConfig = load_config(
                 config,
                 [
                     *common,
-                    *method_overrides,
-                    *(_cache_overrides(base, method_overrides) if cache else []),
+                    *variant_overrides,
+                    *(_cache_overrides(base, variant_overrides) if cache else []),
                     f"seed={seed}",
                     "stage=student",
                     f"teacher.checkpoint={teacher_ckpt}",

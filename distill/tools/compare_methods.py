@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from omegaconf import DictConfig
+
 from distill.cam import CAM_METHODS
 from distill.config import load_config
 from distill.errors import ConfigError
@@ -16,6 +18,7 @@ __all__ = [
     "METHODS",
     "check_choices",
     "check_method_configs",
+    "method_overrides",
     "parse_sweep",
 ]
 
@@ -29,7 +32,6 @@ METHODS: dict[str, list[str]] = {
         *CE_ONLY,
         "loss.map_weight=0",
         "loss.at_weight=1000",
-        f"loss.at_layers={WRN_GROUPS}",
     ],
     "gradcam": [*CE_ONLY, "loss.map_method=gradcam"],
     "gradcam_pp": [*CE_ONLY],
@@ -68,8 +70,9 @@ METHODS: dict[str, list[str]] = {
 }
 """Loss overrides of each method (on top of the recipe's ``loss`` section). KD is the field's
 (CE 0.1, KD 0.9, T=4: mdistiller, RepDistiller), and the maps are added on top of that same KD;
-methods without KD train with CE at weight 1. AT is its authors' (weight 1000 on the three WRN
-groups, beside CE). The map weight and method come from the recipe (the paper's 0.01). The
+methods without KD train with CE at weight 1. AT is its authors' (weight 1000 beside CE, on
+the layer pairs of ``loss.at_layers``; :func:`method_overrides` fills in the three WRN groups
+where the recipe and the command leave them unset). The map weight and method come from the recipe (the paper's 0.01). The
 field's baselines as their authors run them (docs/baselines.md): DKD (CE 1, alpha 1, beta
 ``loss.dkd_beta`` from the recipe, T 4, 20-epoch warm-up); KD with logit standardisation
 (CE 0.1, KD 9, base temperature 2); DKD with it; CAT-KD (CE 1 + ``loss.cat_beta`` x CAT, no
@@ -105,11 +108,29 @@ def check_choices(methods: Sequence[str], seeds: Sequence[int]) -> None:
         raise ConfigError("--seeds is empty; name one or more seeds, e.g. --seeds 0,1,2")
 
 
+def method_overrides(method: str, base: DictConfig) -> list[str]:
+    """``METHODS[method]`` for a run of config ``base`` (the recipe with the command's
+    overrides). AT's layer pairs are the recipe's or the command's ``loss.at_layers`` where
+    either sets them (a ResNet or ViT pair names its own stages), else the three WRN groups,
+    the authors' choice: a user's pairs are never replaced by the method's."""
+    overrides = list(METHODS[method])
+    if method == "at" and base.loss.at_layers is None:
+        overrides.append(f"loss.at_layers={WRN_GROUPS}")
+    return overrides
+
+
 def check_method_configs(config: str, overrides: Sequence[str], methods: Sequence[str]) -> None:
     """Load each method's config before anything trains, so that a method the recipe cannot
-    run (``kd_cam`` away from the pooled-head layers) is refused at once, in one line."""
+    run (``kd_cam`` away from the pooled-head layers, AT's WRN groups on a ResNet) is refused
+    at once, in one line."""
+    base = load_config(config, list(overrides))
     for method in dict.fromkeys(methods):
+        hint = (
+            " (name the models' stages: loss.at_layers=[{student: ..., teacher: ...}, ...])"
+            if method == "at" and base.loss.at_layers is None
+            else ""
+        )
         try:
-            load_config(config, [*overrides, *METHODS[method]])
+            load_config(config, [*overrides, *method_overrides(method, base)])
         except ConfigError as error:
-            raise ConfigError(f"--methods {method}: {error}") from None
+            raise ConfigError(f"--methods {method}: {error}{hint}") from None
