@@ -29,31 +29,13 @@ from distill.tools.compare_methods import method_overrides
 from distill.training.student_stage import build_distiller
 
 TRAIN_IMAGES = 50_000
+METHODS = ["ce", "kd", "at", "dkd", "kd_ls", "dkd_ls", "cat_kd", "e2kd", "kd_gradcam_pp"]
 PAIRS: dict[str, list[str]] = {
-    "cifar100_wrn40_2_wrn16_2": [
-        "ce",
-        "kd",
-        "at",
-        "dkd",
-        "kd_ls",
-        "dkd_ls",
-        "cat_kd",
-        "e2kd",
-        "kd_gradcam_pp",
-    ],  # fmt: skip
-    "cifar100_resnet32x4_resnet8x4": [
-        "ce",
-        "kd",
-        "dkd",
-        "kd_ls",
-        "dkd_ls",
-        "cat_kd",
-        "e2kd",
-        "kd_gradcam_pp",
-    ],  # fmt: skip
+    "cifar100_wrn40_2_wrn16_2": METHODS,
+    "cifar100_resnet32x4_resnet8x4": METHODS,
 }
-"""Each recipe and the methods of its ``compare.py`` command (AT's layer groups are the WRN
-blocks, so the ResNet pair has no AT row)."""
+"""Each recipe and the methods of its ``compare.py`` command (AT on the WRN groups of the first
+pair, and on the stages the ResNet recipe names in ``loss.at_layers``)."""
 
 
 def _sync(device: torch.device) -> None:

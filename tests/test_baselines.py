@@ -285,6 +285,7 @@ def test_repdistillers_wide_resnets_have_their_published_sizes(name, params, blo
 @pytest.mark.parametrize(
     ("method", "terms"),
     [
+        ("at", ("ce", "at")),
         ("dkd", ("ce", "dkd")),
         ("kd_ls", ("ce", "kd")),
         ("dkd_ls", ("ce", "dkd")),
@@ -296,10 +297,14 @@ def test_compare_methods_build_their_authors_losses(method, terms):
     from distill.training.student_stage import build_distiller
 
     cfg = load_config("cifar100_resnet32x4_resnet8x4", METHODS[method])
-    distiller = build_distiller(cfg, *_pair(classes=100))
+    distiller = build_distiller(cfg, *_pair("resnet8x4", "resnet8x4", classes=100))
     assert distiller.loss_terms == terms
     standardized = method.endswith("_ls")
     assert distiller.kd.standardize == distiller.dkd.standardize == standardized
+    if method == "at":  # the recipe's stages of both ResNets, at the authors' weight
+        stages = [(p.student, p.teacher) for p in distiller.at_layers]
+        assert stages == [(f"layer{i}", f"layer{i}") for i in (1, 2, 3)]
+        assert distiller.at_weight == 1000
     if method == "cat_kd":
         assert distiller.cat_weight == 15.0 and distiller.cat_size == 2  # the pair's beta
     if method.startswith("dkd"):
@@ -423,15 +428,14 @@ def test_the_table_projection_runs_every_method_of_both_pairs_on_the_cpu():
     methods = {"cifar100_wrn40_2_wrn16_2": [], "cifar100_resnet32x4_resnet8x4": []}
     for row in rows:
         methods[row[0][2:]].append(row[1])
-    assert methods["cifar100_wrn40_2_wrn16_2"] == ["teacher (CE)", *METHODS_OF_WRN]
-    assert methods["cifar100_resnet32x4_resnet8x4"] == ["teacher (CE)", *METHODS_OF_RESNET]
+    assert methods["cifar100_wrn40_2_wrn16_2"] == ["teacher (CE)", *METHODS_OF_TABLE]
+    assert methods["cifar100_resnet32x4_resnet8x4"] == ["teacher (CE)", *METHODS_OF_TABLE]
     hours = sum(float(row[5].split()[0]) for row in rows)
     total = float(re.search(r"whole table: ([\d.]+) h", done.stdout).group(1))
     assert total == pytest.approx(hours, abs=0.1 + 0.01 * len(rows))
 
 
-METHODS_OF_RESNET = ["ce", "kd", "dkd", "kd_ls", "dkd_ls", "cat_kd", "e2kd", "kd_gradcam_pp"]
-METHODS_OF_WRN = [*METHODS_OF_RESNET[:2], "at", *METHODS_OF_RESNET[2:]]
+METHODS_OF_TABLE = ["ce", "kd", "at", "dkd", "kd_ls", "dkd_ls", "cat_kd", "e2kd", "kd_gradcam_pp"]
 
 
 def test_cat_kd_on_a_class_token_model_is_refused_before_anything_trains():
