@@ -450,3 +450,22 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(tiny_overr
     )
     students = [key for key in live if key.startswith("distiller.student.")]
     assert students and all(torch.equal(read[key], live[key]) for key in students)
+
+
+def test_a_process_records_the_commit_it_started_with_even_if_head_moves(monkeypatch):
+    """A commit landing while a comparison runs must not relabel its later students."""
+    from distill.training import run_dir
+
+    heads = iter(["a" * 40, "b" * 40])
+
+    def fake_run(args, **kwargs):
+        stdout = next(heads) + "\n" if args[:2] == ["git", "rev-parse"] else ""
+        return subprocess.CompletedProcess(args, 0, stdout=stdout, stderr="")
+
+    run_dir.git_commit.cache_clear()
+    monkeypatch.setattr(run_dir.subprocess, "run", fake_run)
+    try:
+        assert run_dir.git_commit() == "a" * 40
+        assert run_dir.git_commit() == "a" * 40  # HEAD is now "b...": still the first commit
+    finally:
+        run_dir.git_commit.cache_clear()

@@ -42,6 +42,7 @@ from distill.tools.compare_methods import (
 from distill.tools.compare_report import PROTOCOL_NOTE, log_to_wandb, summarize, write_results
 from distill.training.callbacks import NonFiniteLossError
 from distill.training.interrupt import RunInterrupted
+from distill.training.run_dir import git_commit
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -117,6 +118,7 @@ def compare(
     check_choices(methods, seeds)
     base = load_config(config, list(overrides))
     check_method_configs(config, overrides, methods)
+    git_commit()  # pinned now: every student records the code this process loaded
     out = (
         Path(base.output_dir)
         / f"compare-{base.name}"

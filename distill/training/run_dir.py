@@ -3,6 +3,7 @@ and the files that say what ran in it (``--resume``: distill/training/resume.py)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -23,9 +24,12 @@ RUN_DIR_ENV = "DISTILL_RUN_DIR"
 """Set by rank 0 so that processes started by a DDP launcher write into the same run."""
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The code a run used: ``HEAD``, with ``-dirty`` when tracked files differ from it (None
-    outside a git checkout)."""
+    outside a git checkout). Read once per process: the modules a process imported do not
+    change when a commit lands while it runs, so every run of a comparison records the first
+    run's commit rather than whatever ``HEAD`` is when it starts."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
