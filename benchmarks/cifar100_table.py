@@ -61,8 +61,11 @@ def time_pair(recipe: str, methods: list[str], args: argparse.Namespace) -> dict
     cfg = load_config(recipe)
     classes = 100
     teacher_name, student_name = cfg.teacher.name, cfg.student.name
-    if args.quick:  # the script's own test: small networks, the same code path
-        teacher_name, student_name = "wrn_16_1", "wrn_16_1"
+    if args.quick:  # the script's own test: small networks of the same family (AT's layer names)
+        teacher_name, student_name = (
+            "wrn_16_1" if name.startswith("wrn") else "resnet20"
+            for name in (teacher_name, student_name)
+        )
     torch.manual_seed(0)
     teacher = build_model(teacher_name, classes).to(device)
     student = build_model(student_name, classes).to(device)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{whole / 3600:.2f} h",
                 ]
             )
-    sizes = "tiny wrn_16_1 stand-ins, " if args.quick else ""
+    sizes = "tiny wrn_16_1 / resnet20 stand-ins, " if args.quick else ""
     print(
         f"## CIFAR-100 table, projected: {args.device}, batch {args.batch}, {sizes}"
         f"{args.steps} timed steps per row\n"
