@@ -83,8 +83,8 @@ def time_pair(recipe: str, methods: list[str], args: argparse.Namespace) -> dict
 
     timings["teacher (CE)"] = seconds_per_step(teacher_step, args.steps, device)
     for method in methods:
-        cfg = load_config(recipe, method_overrides(method, load_config(recipe)))
-        distiller = build_distiller(cfg, teacher, student).train()
+        method_cfg = load_config(recipe, method_overrides(method, cfg))
+        distiller = build_distiller(method_cfg, teacher, student).train()
         optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
 
         def step(d=distiller, opt=optimizer) -> None:

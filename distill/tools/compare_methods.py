@@ -72,8 +72,8 @@ METHODS: dict[str, list[str]] = {
 (CE 0.1, KD 0.9, T=4: mdistiller, RepDistiller), and the maps are added on top of that same KD;
 methods without KD train with CE at weight 1. AT is its authors' (weight 1000 beside CE, on
 the layer pairs of ``loss.at_layers``; :func:`method_overrides` fills in the three WRN groups
-where the recipe and the command leave them unset). The map weight and method come from the recipe (the paper's 0.01). The
-field's baselines as their authors run them (docs/baselines.md): DKD (CE 1, alpha 1, beta
+where the recipe and the command leave them unset). The map weight and method come from the
+recipe (the paper's 0.01). The field's baselines as their authors run them (docs/baselines.md): DKD (CE 1, alpha 1, beta
 ``loss.dkd_beta`` from the recipe, T 4, 20-epoch warm-up); KD with logit standardisation
 (CE 0.1, KD 9, base temperature 2); DKD with it; CAT-KD (CE 1 + ``loss.cat_beta`` x CAT, no
 logit KD); e2KD (CE 1 + KD 1 at T 1 + 1 x (1 - cos) of Grad-CAM maps of the teacher's top-1
@@ -114,9 +114,13 @@ def method_overrides(method: str, base: DictConfig) -> list[str]:
     either sets them (a ResNet or ViT pair names its own stages), else the three WRN groups,
     the authors' choice: a user's pairs are never replaced by the method's."""
     overrides = list(METHODS[method])
-    if method == "at" and base.loss.at_layers is None:
+    if _default_at_layers(method, base):
         overrides.append(f"loss.at_layers={WRN_GROUPS}")
     return overrides
+
+
+def _default_at_layers(method: str, base: DictConfig) -> bool:
+    return method == "at" and base.loss.at_layers is None
 
 
 def check_method_configs(config: str, overrides: Sequence[str], methods: Sequence[str]) -> None:
@@ -125,12 +129,12 @@ def check_method_configs(config: str, overrides: Sequence[str], methods: Sequenc
     at once, in one line."""
     base = load_config(config, list(overrides))
     for method in dict.fromkeys(methods):
-        hint = (
-            " (name the models' stages: loss.at_layers=[{student: ..., teacher: ...}, ...])"
-            if method == "at" and base.loss.at_layers is None
-            else ""
-        )
         try:
             load_config(config, [*overrides, *method_overrides(method, base)])
         except ConfigError as error:
+            hint = (
+                " (name the models' stages: loss.at_layers=[{student: ..., teacher: ...}, ...])"
+                if _default_at_layers(method, base) and "loss.at_layers" in str(error)
+                else ""
+            )
             raise ConfigError(f"--methods {method}: {error}{hint}") from None
