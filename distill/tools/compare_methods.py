@@ -73,14 +73,14 @@ METHODS: dict[str, list[str]] = {
 methods without KD train with CE at weight 1. AT is its authors' (weight 1000 beside CE, on
 the layer pairs of ``loss.at_layers``; :func:`method_overrides` fills in the three WRN groups
 where the recipe and the command leave them unset). The map weight and method come from the
-recipe (the paper's 0.01). The field's baselines as their authors run them (docs/baselines.md): DKD (CE 1, alpha 1, beta
-``loss.dkd_beta`` from the recipe, T 4, 20-epoch warm-up); KD with logit standardisation
-(CE 0.1, KD 9, base temperature 2); DKD with it; CAT-KD (CE 1 + ``loss.cat_beta`` x CAT, no
-logit KD); e2KD (CE 1 + KD 1 at T 1 + 1 x (1 - cos) of Grad-CAM maps of the teacher's top-1
-class, :mod:`distill.losses.e2kd`). ``kd_gradcam_pp`` keeps the recipe's map method, ``kd_<name>``
-sets ``loss.map_method=<name>`` for every other method of :data:`distill.cam.CAM_METHODS`
-(``kd_cam`` only where the map layers feed the pooled heads: :func:`check_method_configs`
-refuses it elsewhere)."""
+recipe (the paper's 0.01). The field's baselines as their authors run them (docs/baselines.md):
+DKD (CE 1, alpha 1, beta ``loss.dkd_beta`` from the recipe, T 4, 20-epoch warm-up); KD with
+logit standardisation (CE 0.1, KD 9, base temperature 2); DKD with it; CAT-KD (CE 1 +
+``loss.cat_beta`` x CAT, no logit KD); e2KD (CE 1 + KD 1 at T 1 + 1 x (1 - cos) of Grad-CAM
+maps of the teacher's top-1 class, :mod:`distill.losses.e2kd`). ``kd_gradcam_pp`` keeps the
+recipe's map method, ``kd_<name>`` sets ``loss.map_method=<name>`` for every other method of
+:data:`distill.cam.CAM_METHODS` (``kd_cam`` only where the map layers feed the pooled heads:
+:func:`check_method_configs` refuses it elsewhere)."""
 DEFAULT_METHODS = ("ce", "kd", "at", "gradcam", "gradcam_pp", "kd_gradcam_pp")
 """What ``--methods`` compares when not given."""
 
