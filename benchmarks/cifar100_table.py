@@ -29,10 +29,10 @@ from distill.tools.compare_methods import method_overrides
 from distill.training.student_stage import build_distiller
 
 TRAIN_IMAGES = 50_000
-METHODS = ["ce", "kd", "at", "dkd", "kd_ls", "dkd_ls", "cat_kd", "e2kd", "kd_gradcam_pp"]
+TABLE_METHODS = ["ce", "kd", "at", "dkd", "kd_ls", "dkd_ls", "cat_kd", "e2kd", "kd_gradcam_pp"]
 PAIRS: dict[str, list[str]] = {
-    "cifar100_wrn40_2_wrn16_2": METHODS,
-    "cifar100_resnet32x4_resnet8x4": METHODS,
+    "cifar100_wrn40_2_wrn16_2": TABLE_METHODS,
+    "cifar100_resnet32x4_resnet8x4": TABLE_METHODS,
 }
 """Each recipe and the methods of its ``compare.py`` command (AT on the WRN groups of the first
 pair, and on the stages the ResNet recipe names in ``loss.at_layers``)."""
